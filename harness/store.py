@@ -14,6 +14,7 @@ Layout::
       events.jsonl         other events (method set-up times)
       errors/<method>/<task>/<triplet>.txt   full traceback of a failed item
       outputs/<method>/<task>/<triplet>.png   (method dir: "name" or "name.variant")
+      intermediates/<method>/<task>/<triplet>/  a method's intermediate files, when it is asked to keep them
       metrics.csv          method,task,metric,value,ci_low,ci_high,n,status
       per_item.csv         method,task,triplet,metric,value
       report/              HTML report

@@ -1,8 +1,8 @@
 """What a method may know about the work unit it is running: ``harness.unit.current()``.
 
 The runner opens a :class:`UnitContext` around every ``transfer`` / ``transfer_batch`` call (and around warm-up
-calls, flagged ``warmup=True`` so that methods can skip writing caches then). Methods use it to put intermediate
-files beside the unit's output (``ctx.outputs[i].with_suffix(".npz")``) and to add facts to the unit's record
+calls, flagged ``warmup=True`` so that methods can skip writing caches then: :func:`in_warmup`). Methods use it
+to put intermediate files in the run directory (:func:`intermediates_dir`) and to add facts to the unit's record
 (``harness.unit.note(steps=1100)`` -> ``records.jsonl``'s ``extras``).
 """
 
@@ -40,6 +40,22 @@ def note(**values: Any) -> None:
     ctx = _current.get()
     if ctx is not None and not ctx.warmup:
         ctx.extras.update(values)
+
+
+def in_warmup() -> bool:
+    """Whether the current call is an untimed warm-up call (its results are thrown away: fill no caches)."""
+    ctx = _current.get()
+    return ctx is not None and ctx.warmup
+
+
+def intermediates_dir(index: int = 0) -> Path | None:
+    """``RUN/intermediates/<method dir>/<task>/<triplet>/`` for the ``index``-th triplet of the current call
+    (``None`` outside the runner or during warm-up; created on demand by the caller)."""
+    ctx = _current.get()
+    if ctx is None or ctx.warmup or ctx.run_dir is None:
+        return None
+    output = ctx.outputs[index]  # RUN/outputs/<method dir>/<task>/<triplet>.png
+    return ctx.run_dir / "intermediates" / output.parent.parent.name / output.parent.name / output.stem
 
 
 @contextlib.contextmanager

@@ -5,7 +5,8 @@ Entries are ``.npz`` files under ``ROOT/<kind>/<key[:2]>/<key>.npz``, written to
 never leaves a partial entry. Keys are sha256 digests of everything a result depends on (:func:`cache_key`):
 content keys of the images (:func:`image_key`), the parameters that matter, the identity of the weights (file
 sha256 or the fill rule) and the method's cache version. Results computed on another device differ by float
-noise only.
+noise only. Nothing is written during the runner's untimed warm-up calls (:func:`harness.unit.in_warmup`), so
+that the first timed call computes what it would have computed without them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from harness.store import atomic_write_bytes
+from harness.unit import in_warmup
 
 
 def cache_key(version: int, *parts: Any) -> str:
@@ -58,7 +60,7 @@ class NpzStore:
             return None
 
     def save(self, kind: str, key: str, arrays: Mapping[str, Any]) -> None:
-        if self.root is None:
+        if self.root is None or in_warmup():
             return
         buffer = io.BytesIO()
         np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})

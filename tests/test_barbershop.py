@@ -21,9 +21,9 @@ from harness import synthetic
 from harness.parity import Fixture, check
 from harness.weights import WeightStore
 from methods.barbershop import losses, pipeline
-from methods.barbershop.cache import ResultCache
 from methods.barbershop.method import Barbershop, pil_to_tensor, tensor_to_pil
 from methods.barbershop.params import QUICK_STEPS, BarbershopParams
+from methods.cache import NpzStore
 from methods.ops import dilate_erode
 
 PARITY = pathlib.Path(__file__).resolve().parents[2] / "shared" / "parity"
@@ -78,8 +78,6 @@ def test_defaults_are_the_report_parameters():
     assert quick.steps("W_steps") == quick.steps("blend_steps") == QUICK_STEPS == 2
     with pytest.raises(ValueError, match="power of two"):
         BarbershopParams(size=32)
-    with pytest.raises(ValueError, match="intermediates_dir"):
-        BarbershopParams(save_intermediates=True)
 
 
 # ---------------------------------------------------------------- losses against the fixtures
@@ -226,7 +224,7 @@ def test_batched_equals_one_by_one(method, portraits):
 def test_transfer_caches_embeddings_and_writes_intermediates(method, portraits, tmp_path):
     """Second call with the same images skips stages 1-3; intermediates hold each stage's latents and masks."""
     original, original_cache = method.params, method.cache
-    method.cache = ResultCache(tmp_path / "cache")
+    method.cache = NpzStore(tmp_path / "cache")
     one_step = {k: 1 for k in ("W_steps", "FS_steps", "mask_steps", "align_steps1", "align_steps2", "blend_steps")}
     method.params = dataclasses.replace(original, quick=False, save_intermediates=True,
                                         intermediates_dir=str(tmp_path / "inter"), **one_step)
@@ -284,9 +282,15 @@ def test_cli_end_to_end_quick(tmp_path):
     out = tmp_path / "run"
     run_harness("run", "--methods", "barbershop", "--protocol", "smoke", "--fill-weights", "--set",
                 "barbershop.quick=true", "--set", "barbershop.size=64", "--set", "barbershop.channel_multiplier=1",
-                "--out", str(out), "--limit", "1")
+                "--set", "barbershop.save_intermediates=true", "--out", str(out), "--limit", "1")
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(records) == 5 and all(r["status"] == "ok" for r in records), records
+    # no warm-up call, so the first unit embeds its images; later tasks reuse the cached embeddings
+    assert records[0]["extras"]["images_embedded"] >= 1 and records[0]["extras"]["steps_w_plus"] >= 2
+    assert sum(r["extras"].get("fs_cache_hits", 0) for r in records[1:]) >= 1
+    for r in records:
+        folder = out / "intermediates" / "barbershop" / r["task"] / r["triplet"]
+        assert (folder / "blending.npz").is_file() and (folder / "counts.json").is_file(), folder
     assert set(records[0]["stages"]) == {"embedding", "fs", "alignment", "blending"}
     for r in records:
         assert Image.open(out / r["output"]).size == (128, 128)

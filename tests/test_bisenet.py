@@ -96,7 +96,7 @@ def test_official_layout_file_loads_and_reproduces(name, tmp_path):
     """A plain state dict saved like the official file loads through the WeightStore and gives the outputs."""
     fx = fixture(name)
     variant = bisenet.VARIANTS[name]
-    torch.save(bisenet.fixture_state_dict(fx), tmp_path / variant.checkpoint.filename)
+    torch.save(fx.torch_state_dict(), tmp_path / variant.checkpoint.filename)
     net = load_bisenet(WeightStore(weights_dir=tmp_path), "cpu", name)
     case = next(c for c in fx.cases if c["name"] == "forward_64")
     heads = run_forward(net, fx.input(case, "x"))

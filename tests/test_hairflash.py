@@ -129,8 +129,7 @@ def test_defaults_are_the_reports_fixed_parameters():
         (0.95, 5, 1024, 2, 512, 8, 3)
     assert (p.noise, p.seed, p.cache, p.save_intermediates) == ("seeded", 3407, True, False)
     assert p.n_latent == 18 and HairFlashParams(size=256).n_latent == 14
-    for bad in ({"size": 300}, {"latent": 256}, {"mixing": 1.5}, {"batch_size": 0},
-                {"save_intermediates": True}):
+    for bad in ({"size": 300}, {"latent": 256}, {"mixing": 1.5}, {"batch_size": 0}):
         with pytest.raises(ValueError):
             HairFlashParams(**bad)
 
@@ -403,9 +402,16 @@ def test_filled_networks_full_size_end_to_end(tmp_path):
 def test_cli_smoke_with_filled_weights(tmp_path):
     out = tmp_path / "run"
     run_harness("run", "--methods", "hairflash:baseline,hairflash:final", "--protocol", "smoke", "--fill-weights",
-                "--limit", "1", "--out", str(out), env={"HARNESS_CACHE": str(tmp_path / "cache")}, timeout=1800)
+                "--limit", "1", "--set", "hairflash.save_intermediates=true", "--out", str(out),
+                env={"HARNESS_CACHE": str(tmp_path / "cache")}, timeout=1800)
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines() if line.strip()]
     assert len(records) == 10 and all(r["status"] == "ok" for r in records), records
     assert {r["method"] for r in records} == {"hairflash:baseline", "hairflash:final"}
     assert all(set(r["stages"]) == {"embedding", "alignment", "blending", "post_processing"} for r in records)
     assert all(Path(out / r["output"]).is_file() for r in records)
+    # work counts reach the records; the untimed warm-up call filled no cache, so the first timed call embeds
+    assert all(r["extras"]["triplets"] == 1 for r in records)
+    assert records[0]["extras"].get("embedding:miss", 0) >= 1, records[0]["extras"]
+    for r in records:  # intermediates under RUN/intermediates/<method dir>/<task>/<triplet>/
+        folder = out / "intermediates" / Path(r["output"]).parent.parent.name / r["task"] / r["triplet"]
+        assert {"alignment.npz", "blending.npz", "final.npz"} <= {f.name for f in folder.iterdir()}, folder

@@ -27,6 +27,7 @@ from conftest import ROOT, run_harness
 from test_hairflash import TINY_CLIP, TINY_IDENTITY, tiny_nets
 
 from harness.datasets import load_image
+from harness.errors import UsageError
 from harness.synthetic import generate
 from harness.weights import WeightStore, load_state_dict_into
 from methods.hairflash import pipeline, train
@@ -303,7 +304,7 @@ def test_cli_with_filled_real_networks(tmp_path):
 def test_parse_params_and_files():
     assert train.parse_params(256, ["noise=buffers", "hairflash.clip_precision=fp32"]) == \
         HairFlashParams(size=256, noise="buffers", clip_precision="fp32")
-    with pytest.raises(train.UsageError):
+    with pytest.raises(UsageError):
         train.parse_params(256, ["nope=1"])
     files = train.WorkFiles.of("/x/blending_final.pth")
     assert files.state == Path("/x/blending_final.pth.train/state.pt")

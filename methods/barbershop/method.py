@@ -14,8 +14,10 @@ Beyond the official script:
   where the generator runs sample by sample anyway, 4 elsewhere); results equal one-by-one runs up to float noise.
 * Stage timings ``embedding``, ``fs``, ``alignment``, ``blending`` (``harness.timing.stages``); the optimisation
   step counts and cache hits of the last call are in :attr:`Barbershop.last_stats` (totals in
-  :attr:`Barbershop.stats`) and, with ``save_intermediates``, in ``counts.json``.
-* ``save_intermediates=True`` + ``intermediates_dir=DIR`` writes, per call, ``DIR/<face>_<shape>_<color>/``:
+  :attr:`Barbershop.stats`), in each unit's record (``harness.unit.note``) and, with ``save_intermediates``, in
+  ``counts.json``. No warm-up call (``warmup_calls = 0``): one call is minutes of optimisation.
+* ``save_intermediates=True`` writes, per triplet, into ``RUN/intermediates/barbershop/<task>/<triplet>/`` under
+  ``harness run`` (or ``DIR/<face>_<shape>_<color>/`` with ``intermediates_dir=DIR``):
   ``embedding_<image>.npz`` (w_plus, latent, F), ``alignment_<face>_<other>.npz`` (target segmentation, hair
   masks, occluded region, mixed F), ``blending.npz`` (interpolation u, latent, masks, F used) and
   ``counts.json``. Image names are the harness image ids (annotations) or content-key prefixes.
@@ -36,13 +38,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from harness import annotations
+from harness import annotations, unit
 from harness.method import Checkpoint, Method, Triplet
 from harness.store import atomic_write_text
 from harness.timing import stages
 from harness.weights import WeightStore, cache_dir, sha256_file
 from methods.barbershop import pipeline
-from methods.barbershop.cache import ResultCache, cache_key, image_key
+from methods.barbershop.cache import NpzStore, cache_key, image_key
 from methods.barbershop.losses import LatentPCA, StyleLoss, fit_latent_pca, load_vgg16_features, pca_filename
 from methods.barbershop.params import BarbershopParams
 from methods.nets import stylegan2
@@ -147,6 +149,8 @@ class Barbershop(Method):
     description: ClassVar[str] = ("Barbershop (ZPdesu/Barbershop): W+/FS embedding, alignment to a target "
                                   "segmentation, masked-LPIPS blending of S; latent optimisation per image")
     Params: ClassVar[type] = BarbershopParams
+    # One call is minutes of optimisation, and a warm-up call would only repeat it: none.
+    warmup_calls: ClassVar[int | None] = 0
 
     def __init__(self, params: Any = None, variant: str | None = None):
         super().__init__(params, variant)
@@ -177,7 +181,7 @@ class Barbershop(Method):
             "lpips": checkpoint_identity(weights, LPIPS_VGG_HEADS, "lpips"),
             "parser": checkpoint_identity(weights, BISENET16, "bisenet16"),
         }
-        self.cache = ResultCache(cache_dir() / "barbershop" if p.cache else None)
+        self.cache = NpzStore(cache_dir() / "barbershop" if p.cache else None)
         self.batch = p.batch_images
 
     # ------------------------------------------------------------ cache keys
@@ -361,9 +365,12 @@ class Barbershop(Method):
             blended = self._blend(roles, images, emb, aligned, labels, stats)
         self.last_stats = dict(stats)
         self.stats.update(stats)
+        unit.note(**self.last_stats)  # -> the unit's record (records.jsonl "extras")
         if self.params.save_intermediates:
-            for triplet, result in zip(roles, blended, strict=True):
-                self._save_intermediates(triplet, images, emb, aligned, result, stats)
+            for index, (triplet, result) in enumerate(zip(roles, blended, strict=True)):
+                folder = self.intermediates_folder([images[k].name for k in triplet], index)
+                if folder is not None:
+                    self._save_intermediates(folder, triplet, images, emb, aligned, result, stats)
         outputs = []
         for (face, _, _), result in zip(triplets, blended, strict=True):
             image = tensor_to_pil(result.image[0])
@@ -372,12 +379,19 @@ class Barbershop(Method):
             outputs.append(image)
         return outputs
 
-    def _save_intermediates(self, triplet: tuple[str, str, str], images: dict[str, InputImage],
+    def intermediates_folder(self, names: Sequence[str], index: int = 0) -> Path | None:
+        """``intermediates_dir/<face>_<shape>_<color>/``; without ``intermediates_dir``, under the harness,
+        ``RUN/intermediates/barbershop/<task>/<triplet>/``; ``None`` during warm-up calls."""
+        if self.params.intermediates_dir:
+            return None if unit.in_warmup() else Path(self.params.intermediates_dir) / "_".join(names)
+        if unit.current() is None:
+            raise ValueError("save_intermediates outside `harness run` needs intermediates_dir")
+        return unit.intermediates_dir(index)
+
+    def _save_intermediates(self, folder: Path, triplet: tuple[str, str, str], images: dict[str, InputImage],
                             emb: dict[str, pipeline.EmbeddingResult],
                             aligned: dict[tuple[str, str], dict[str, torch.Tensor]], result: pipeline.BlendResult,
                             stats: Counter) -> None:
-        names = [images[k].name for k in triplet]
-        folder = Path(self.params.intermediates_dir) / "_".join(names)
         folder.mkdir(parents=True, exist_ok=True)
 
         def save(name: str, arrays: dict[str, torch.Tensor]) -> None:

@@ -100,8 +100,6 @@ class BarbershopParams:
             raise ValueError("batch_images must be >= 0 (0: automatic)")
         if self.pca_samples < 2:
             raise ValueError("pca_samples must be >= 2")
-        if self.save_intermediates and not self.intermediates_dir:
-            raise ValueError("save_intermediates needs intermediates_dir (a directory to write the .npz files to)")
 
     def steps(self, name: str) -> int:
         """The step count that runs for ``name`` (capped at :data:`QUICK_STEPS` when ``quick``)."""

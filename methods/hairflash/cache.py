@@ -6,41 +6,31 @@ to a temporary name and renamed, so runs, shards and ``--resume`` share them and
 entry. Keys are sha256 digests of everything a result depends on (:func:`cache_key`): content keys of the
 images, the parameters that matter, the identity of the weights and :data:`CACHE_VERSION`.
 
-(Barbershop's ``methods/barbershop/cache.py`` has the same on-disk layout and key scheme; the two could share a
-``methods/cache.py``.)
+The on-disk layout and key scheme are :mod:`methods.cache`'s, shared with Barbershop.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import zipfile
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from harness.store import atomic_write_bytes
+from harness.unit import in_warmup
+from methods.cache import NpzStore, image_key
+from methods.cache import cache_key as versioned_key
+
+__all__ = ["CACHE_VERSION", "StageCache", "cache_key", "image_key"]
 
 CACHE_VERSION = 1  # bump when a cached stage's computation changes
 
 
 def cache_key(*parts: Any) -> str:
-    """sha256 of the JSON of ``parts`` (with :data:`CACHE_VERSION`)."""
-    text = json.dumps([CACHE_VERSION, *parts], sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def image_key(pixels: np.ndarray) -> str:
-    """Content key of an image array (shape, dtype and bytes)."""
-    digest = hashlib.sha256(f"{pixels.shape}|{pixels.dtype}|".encode())
-    digest.update(np.ascontiguousarray(pixels).tobytes())
-    return digest.hexdigest()
+    """:func:`methods.cache.cache_key` with HairFlash's :data:`CACHE_VERSION`."""
+    return versioned_key(CACHE_VERSION, *parts)
 
 
 class StageCache:
@@ -49,16 +39,15 @@ class StageCache:
     ``<kind>:miss``."""
 
     def __init__(self, root: str | Path | None, capacity: int = 64, enabled: bool = True):
-        self.root = Path(root) if root is not None else None
+        self.disk = NpzStore(root)
+        self.root = self.disk.root
         self.capacity = capacity
         self.enabled = enabled
         self.memory: dict[str, OrderedDict[str, dict[str, Tensor]]] = {}
         self.stats: Counter = Counter()
 
     def path(self, kind: str, key: str) -> Path:
-        if self.root is None:
-            raise ValueError("the cache has no directory")
-        return self.root / kind / key[:2] / f"{key}.npz"
+        return self.disk.path(kind, key)
 
     def get(self, kind: str, key: str, device: torch.device | str = "cpu") -> dict[str, Tensor] | None:
         if not self.enabled:
@@ -68,7 +57,7 @@ class StageCache:
             lru.move_to_end(key)
             self.stats[f"{kind}:memory"] += 1
             return dict(lru[key])
-        arrays = self._load(kind, key)
+        arrays = self.disk.load(kind, key)
         if arrays is None:
             self.stats[f"{kind}:miss"] += 1
             return None
@@ -78,14 +67,11 @@ class StageCache:
         return dict(tensors)
 
     def put(self, kind: str, key: str, tensors: Mapping[str, Tensor]) -> None:
-        if not self.enabled:
+        if not self.enabled or in_warmup():  # a warm-up call must not make the timed calls cheaper
             return
         tensors = {name: t.detach() for name, t in tensors.items()}
         self._remember(kind, key, tensors)
-        if self.root is not None:
-            buffer = io.BytesIO()
-            np.savez(buffer, **{name: t.cpu().numpy() for name, t in tensors.items()})
-            atomic_write_bytes(self.path(kind, key), buffer.getvalue())
+        self.disk.save(kind, key, {name: t.cpu().numpy() for name, t in tensors.items()})
 
     def clear_memory(self) -> None:
         self.memory.clear()
@@ -96,12 +82,3 @@ class StageCache:
         lru.move_to_end(key)
         while len(lru) > self.capacity:
             lru.popitem(last=False)
-
-    def _load(self, kind: str, key: str) -> dict[str, np.ndarray] | None:
-        if self.root is None:
-            return None
-        try:
-            with np.load(self.path(kind, key), allow_pickle=False) as npz:
-                return {name: npz[name] for name in npz.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # absent or unreadable: recompute
-            return None

@@ -16,8 +16,10 @@ Beyond the official script:
   the weights' identity (file sha256, or the fill rule).
 * The distinct images of a call are embedded in batches of ``batch_size``; ``triplet_batch`` triplets per call.
 * Stage timings ``embedding``, ``alignment`` (hair-shape steps, inpainting, F blend), ``blending``,
-  ``post_processing``. Work counts and cache hits: :attr:`HairFlash.last_stats` / :attr:`HairFlash.stats`.
-* ``save_intermediates=True`` + ``intermediates_dir=DIR`` writes, per call, ``DIR/<variant>/<face>_<shape>_<color>/``:
+  ``post_processing``. Work counts and cache hits: :attr:`HairFlash.last_stats` / :attr:`HairFlash.stats`, and
+  in each unit's record (``harness.unit.note``). Warm-up calls fill no cache.
+* ``save_intermediates=True`` writes, per triplet, into ``RUN/intermediates/<method>/<task>/<triplet>/`` under
+  ``harness run`` (or ``DIR/<variant>/<face>_<shape>_<color>/`` with ``intermediates_dir=DIR``):
   ``embedding_<image>.npz`` (W, S, F_fs, F_w, F as used, labels), ``alignment.npz`` (rotated and target labels,
   HM_X, SEAN images, their W and F, alignment masks, F_align), ``color_shape.npz`` (when the colour step ran on
   its own), ``blending.npz`` (masks incl. target_mask, S_blend, I_blend), ``final.npz`` (S_final, F_final, image).
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from harness import annotations
+from harness import annotations, unit
 from harness.method import Checkpoint, Method, Triplet
 from harness.store import atomic_write_bytes
 from harness.timing import stages
@@ -347,24 +349,33 @@ class HairFlash(Method):
         stats.update(Counter(self.cache.stats) - cache_before)
         self.last_stats = dict(stats)
         self.stats.update(stats)
+        unit.note(**self.last_stats)  # -> the unit's record (records.jsonl "extras")
         outputs = []
-        for triplet, role, alignment, done in zip(triplets, roles, aligned, finished, strict=True):
+        for index, (triplet, role, alignment, done) in enumerate(zip(triplets, roles, aligned, finished,
+                                                                      strict=True)):
             result = tensor_to_pil(done.image)
             if result.size != triplet[0].size:
                 result = result.resize(triplet[0].size, Image.Resampling.LANCZOS)
             outputs.append(result)
             if self.params.save_intermediates:
-                self._save_intermediates(role, images, emb, alignment, done)
+                folder = self.intermediates_folder([images[k].name for k in role], index)
+                if folder is not None:
+                    self._save_intermediates(folder, role, images, emb, alignment, done)
         return outputs
 
     # ------------------------------------------------------------ intermediates
-    def intermediates_folder(self, names: Sequence[str]) -> Path:
-        return Path(self.params.intermediates_dir) / self.variant / "_".join(names)
+    def intermediates_folder(self, names: Sequence[str], index: int = 0) -> Path | None:
+        """``intermediates_dir/<variant>/<face>_<shape>_<color>/``; without ``intermediates_dir``, under the
+        harness, ``RUN/intermediates/<method>/<task>/<triplet>/``; ``None`` during warm-up calls."""
+        if self.params.intermediates_dir:
+            return None if unit.in_warmup() else Path(self.params.intermediates_dir) / self.variant / "_".join(names)
+        if unit.current() is None:
+            raise ValueError("save_intermediates outside `harness run` needs intermediates_dir")
+        return unit.intermediates_dir(index)
 
-    def _save_intermediates(self, roles: tuple[str, str, str], images: dict[str, InputImage],
+    def _save_intermediates(self, folder: Path, roles: tuple[str, str, str], images: dict[str, InputImage],
                             emb: dict[str, Embedding], aligned: Alignment, done: Finished) -> None:
         """One triplet's stage tensors (batch axis dropped) as .npz files; labels as uint8."""
-        folder = self.intermediates_folder([images[k].name for k in roles])
 
         def save(name: str, arrays: dict[str, torch.Tensor]) -> None:
             out = {}

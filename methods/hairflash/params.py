@@ -61,8 +61,6 @@ class HairFlashParams:
         for name in ("batch_size", "cache_entries", "triplet_batch", "channel_multiplier", "n_mlp"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.save_intermediates and not self.intermediates_dir:
-            raise ValueError("save_intermediates needs intermediates_dir (a directory for the .npz files)")
 
     @property
     def n_latent(self) -> int:

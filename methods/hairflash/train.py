@@ -76,13 +76,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 
 from harness.datasets import InputError, draw_triplets, image_ids, list_images, load_image, read_triplet_file
 from harness.environment import resolve_device
+from harness.errors import UsageError
 from harness.method import make_params
 from harness.store import atomic_write_bytes, atomic_write_text
 from harness.weights import WeightStore, cache_dir, describe_missing, load_state_dict_into, safe_load
+from methods.cache import NpzStore
 from methods.hairflash import checkpoints as ckpts
 from methods.hairflash import pipeline
 from methods.hairflash.blending import BlendingEncoder, ModulationPart, blending_checkpoint_dict
-from methods.hairflash.cache import StageCache, cache_key, image_key
+from methods.hairflash.cache import cache_key, image_key
 from methods.hairflash.checkpoints import OfficialLayout
 from methods.hairflash.encoders import CLIP_PREFIX
 from methods.hairflash.method import NETWORK_CHECKPOINTS, HairFlash, checkpoint_identity
@@ -94,11 +96,6 @@ from methods.nets.stylegan2 import Generator
 
 TRAINER_NAME = "hairflash-blending"
 EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """A user error: :func:`run` prints it without a traceback and exits 2. (Not ``harness.cli.CliError``: under
-    ``python -m harness.cli`` that module is ``__main__`` and its class is another one.)"""
 
 
 RECORD_KIND = "blending_inputs"
@@ -271,20 +268,19 @@ def make_records(method: HairFlash, embed: Callable[[Tensor], Tensor],
 
 
 class RecordStore:
-    """Records as ``.npz`` files under ``root/blending_inputs/`` (the :class:`StageCache` layout, atomic)."""
+    """Records as ``.npz`` files under ``root/blending_inputs/`` (the :mod:`methods.cache` layout, atomic)."""
 
     def __init__(self, root: Path):
-        self.cache = StageCache(root, capacity=1)
+        self.store = NpzStore(root)
 
     def path(self, key: str) -> Path:
-        return self.cache.path(RECORD_KIND, key)
+        return self.store.path(RECORD_KIND, key)
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
     def put(self, key: str, record: Mapping[str, Tensor]) -> None:
-        self.cache.put(RECORD_KIND, key, record)
-        self.cache.clear_memory()
+        self.store.save(RECORD_KIND, key, {name: t.detach().cpu().numpy() for name, t in record.items()})
 
     def load(self, key: str) -> dict[str, np.ndarray]:
         with np.load(self.path(key), allow_pickle=False) as npz:

@@ -402,15 +402,10 @@ FEATURE_EXTRACTORS = {"face_parser": face_parser_extractor}
 _HEAD_INDEX = {"out": 0, "out16": 1, "out32": 2}
 
 
-def fixture_state_dict(fixture: Fixture) -> dict[str, torch.Tensor]:
-    """The fixture's filled state dict as tensors, keeping 0-d entries 0-d (``num_batches_tracked``)."""
-    return {k: torch.from_numpy(np.array(v)) for k, v in fixture.state_dict().items()}
-
-
 def parity_adapter(fixture: Fixture) -> Callable[[Mapping], dict[str, np.ndarray]]:
     """Fixtures ``bisenet19`` / ``bisenet16``: ``out, out16, out32 = model(x)``."""
     net = BiSeNet(int(fixture.constructor["n_classes"]))
-    load_state_dict_into(net, fixture_state_dict(fixture), f"fixture {fixture.name}")
+    load_state_dict_into(net, fixture.torch_state_dict(), f"fixture {fixture.name}")
     net.eval().float()
 
     def run(case: Mapping) -> dict[str, np.ndarray]:
