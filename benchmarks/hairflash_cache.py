@@ -30,6 +30,7 @@ from pathlib import Path
 
 from harness import protocol as protocol_mod
 from harness import runner
+from harness.environment import keep_freed_memory
 from harness.store import RunStore
 from harness.timing import recording
 from harness.weights import WeightStore
@@ -119,6 +120,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()  # as `harness run` does
 
     from methods.hairflash.method import HairFlash
     from methods.hairflash.params import HairFlashParams
@@ -130,7 +132,8 @@ def main() -> None:
         items = swaps(protocol, args.triplets, work)
         print(f"protocol {protocol.name}: {len(items) // len(protocol.tasks)} triplet(s) x {len(protocol.tasks)} "
               f"tasks = {len(items)} swaps; hairflash:{args.variant}, noise={args.noise}, filled weights; "
-              f"torch threads {torch.get_num_threads()}, python {sys.version.split()[0]}, torch {torch.__version__}")
+              f"torch threads {torch.get_num_threads()}, keep_freed_memory {kept}, "
+              f"python {sys.version.split()[0]}, torch {torch.__version__}")
         print(f"load average at start: {os.getloadavg()}")
 
         plain = HairFlash(HairFlashParams(noise=args.noise, cache=False), args.variant)

@@ -105,7 +105,7 @@ def unmet_requirements(method: Method, protocol: Protocol, weights: WeightStore,
     reasons = []
     missing = weights.missing(method.checkpoints())
     if missing:
-        reasons.append(describe_missing(missing, weights.search_dirs))
+        reasons.append(describe_missing(missing, weights.search_dirs, weights))
     if "synthetic" in method.requires and protocol.dataset.kind != "synthetic":
         reasons.append("needs the synthetic dataset (it reads the ground-truth specs)")
     if "labels" in method.requires and not labels_available:

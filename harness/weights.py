@@ -49,11 +49,18 @@ class MissingWeights(FileNotFoundError):
         super().__init__(describe_missing(self.checkpoints, self.searched))
 
 
-def describe_missing(checkpoints: Iterable[Checkpoint], searched: Iterable[Path]) -> str:
+def describe_missing(checkpoints: Iterable[Checkpoint], searched: Iterable[Path],
+                     store: WeightStore | None = None) -> str:
+    """The files to provide and where they come from; with ``store``, a file found with another size than the
+    official one says so (a truncated download, or another file under the official name)."""
     lines = []
     for c in checkpoints:
         size = f", {c.size:,} bytes" if c.size else ""
         lines.append(f"  - {c.filename} ({c.purpose}{size}); official source: {c.source}")
+        status = store.status(c) if store is not None else None
+        if status is not None and status.state == "wrong size":
+            lines.append(f"    found {status.path} with {status.size:,} bytes instead: a truncated download or "
+                         "another file under the official name")
     where = ", ".join(str(p) for p in searched) or "(no directory)"
     return ("missing weight files:\n" + "\n".join(lines) + f"\n  searched: {where}\n"
             "  put them in one of these directories, pass --weights-dir DIR or set $HARNESS_WEIGHTS")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.parity import Fixture, check, compare
-from harness.weights import WeightStore
+from harness.weights import WeightStore, describe_missing
 from methods.nets import lpips
 from methods.nets.lpips import (
     LPIPS,
@@ -105,6 +105,10 @@ def test_official_layout_files_load_and_reproduce(fx, tmp_path, monkeypatch):
     assert weights.status(LPIPS_VGG_HEADS).state == "wrong size"
     with pytest.raises(ValueError, match="wrong size"):
         load_lpips(weights, "cpu")
+    size = (tmp_path / LPIPS_VGG_HEADS.filename).stat().st_size
+    message = describe_missing([LPIPS_VGG_HEADS], weights.search_dirs, weights)  # what `harness run` refuses with
+    assert f"found {tmp_path / LPIPS_VGG_HEADS.filename} with {size:,} bytes instead" in message
+    assert f"{LPIPS_VGG_HEADS.size:,} bytes" in message
     # ... so for the rule-filled stand-in, drop the size check and load it through the same code path.
     monkeypatch.setattr(lpips, "LPIPS_VGG_HEADS", dataclasses.replace(LPIPS_VGG_HEADS, size=None, sha256=None))
     net = load_lpips(weights, "cpu")

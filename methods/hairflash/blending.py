@@ -27,7 +27,6 @@ comes from ``ViT-B-32.pt``; :func:`load_blending_encoder` loads either.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,7 +34,6 @@ import torch
 from torch import Tensor, nn
 
 from harness.method import Checkpoint
-from harness.weights import filled_state_dict, load_state_dict_into, safe_load
 from methods.hairflash import encoders
 from methods.hairflash.encoders import (
     CLIP_PREFIX,
@@ -45,7 +43,6 @@ from methods.hairflash.encoders import (
     modulation_stack,
     pixel_norm_rows,
 )
-from methods.nets import clip as clip_net
 from methods.nets.clip import CLIP, ClipConfig, Precision
 
 
@@ -158,12 +155,6 @@ def blending_checkpoint_dict(model: BlendingEncoder, **extra: Any) -> dict[str, 
             **extra}
 
 
-def _model_state_dict(obj: Any) -> Mapping[str, Any]:
-    if not isinstance(obj, Mapping) or "model_state_dict" not in obj:
-        raise ValueError("expected a dict with 'model_state_dict'")
-    return obj["model_state_dict"]
-
-
 def load_blending_encoder(weights, checkpoint: Checkpoint, arch: BlendingArch = OFFICIAL_ARCH, rows: int = 12,
                           device: str | torch.device = "cpu", clip_precision: Precision = "fp16_weights",
                           clip: ClipConfig | None = None) -> BlendingEncoder:
@@ -173,19 +164,7 @@ def load_blending_encoder(weights, checkpoint: Checkpoint, arch: BlendingArch = 
     CLIP configuration (tests)."""
     config = arch.config(rows, clip)
     part = ModulationPart(arch, config)
-    if weights.fill:
-        load_state_dict_into(part, filled_state_dict(part, checkpoint.key, encoders.fill_recipe), "filled weights")
-        clip_model = clip_net.load_clip(weights, "cpu", clip_precision, config.clip)
-    else:
-        state = dict(_model_state_dict(safe_load(weights.path(checkpoint))))
-        clip_state = {k[len(CLIP_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(CLIP_PREFIX)}
-        load_state_dict_into(part, state, checkpoint.filename)
-        if clip_state:
-            clip_model = CLIP(config.clip)
-            load_state_dict_into(clip_model, clip_state, f"{checkpoint.filename} (clip_model.*)")
-            clip_model = clip_net.apply_precision(clip_model, clip_precision)
-        else:
-            clip_model = clip_net.load_clip(weights, "cpu", clip_precision, config.clip)
+    clip_model = encoders.load_part_and_clip(part, weights, checkpoint, clip_precision, config.clip)
     model = BlendingEncoder(arch, config, clip_model, part.modulation_module_list)
     model.modulation_module_list.float()
     return model.to(device).eval().requires_grad_(False)

@@ -407,6 +407,24 @@ def load_rotate(weights, device: str | torch.device = "cpu", config: ModulationC
     return model.float().to(device).eval().requires_grad_(False)
 
 
+def load_part_and_clip(part: nn.Module, weights, checkpoint: Checkpoint, clip_precision: Precision,
+                       clip_config: ClipConfig) -> CLIP:
+    """Load ``part`` (a blending model's non-CLIP modules) from ``checkpoint``'s ``model_state_dict`` (strict on
+    the released keys) and return its CLIP: from the same file when it holds every ``clip_model.*`` key, else from
+    ``ViT-B-32.pt``. With ``weights.fill``: ``part`` filled under ``checkpoint.key``, CLIP by its own rule."""
+    if weights.fill:
+        load_state_dict_into(part, filled_state_dict(part, checkpoint.key, fill_recipe), "filled weights")
+        return clip_net.load_clip(weights, "cpu", clip_precision, clip_config)
+    state = dict(_model_state_dict(safe_load(weights.path(checkpoint))))
+    clip_state = {k[len(CLIP_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(CLIP_PREFIX)}
+    load_state_dict_into(part, state, checkpoint.filename)  # before CLIP: a wrong file fails on its own keys
+    if not clip_state:
+        return clip_net.load_clip(weights, "cpu", clip_precision, clip_config)
+    clip_model = CLIP(clip_config)
+    load_state_dict_into(clip_model, clip_state, f"{checkpoint.filename} (clip_model.*)")
+    return clip_net.apply_precision(clip_model, clip_precision)
+
+
 def load_blending(weights, device: str | torch.device = "cpu", clip_precision: Precision = "fp16_weights",
                   config: BlendingConfig = BLENDING_CONFIG, checkpoint: Checkpoint = BLENDING_CHECKPOINT
                   ) -> ClipBlendingModel:
@@ -420,19 +438,7 @@ def load_blending(weights, device: str | torch.device = "cpu", clip_precision: P
     ``checkpoint.key`` and CLIP by its own rule (namespace ``clip_vitb32``). Variants (``config``) have no
     released weights: pass their own ``checkpoint`` or fill them."""
     part = ModulationPart(config)
-    if weights.fill:
-        load_state_dict_into(part, filled_state_dict(part, checkpoint.key, fill_recipe), "filled weights")
-        clip_model = clip_net.load_clip(weights, "cpu", clip_precision, config.clip)
-    else:
-        state = dict(_model_state_dict(safe_load(weights.path(checkpoint))))
-        clip_state = {k[len(CLIP_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(CLIP_PREFIX)}
-        load_state_dict_into(part, state, checkpoint.filename)  # strict on the released keys, before CLIP
-        if clip_state:
-            clip_model = CLIP(config.clip)
-            load_state_dict_into(clip_model, clip_state, f"{checkpoint.filename} (clip_model.*)")
-            clip_model = clip_net.apply_precision(clip_model, clip_precision)
-        else:
-            clip_model = clip_net.load_clip(weights, "cpu", clip_precision, config.clip)
+    clip_model = load_part_and_clip(part, weights, checkpoint, clip_precision, config.clip)
     model = ClipBlendingModel(config, clip_model, part.modulation_module_list)
     model.modulation_module_list.float()
     return model.to(device).eval().requires_grad_(False)
