@@ -19,11 +19,12 @@ from PIL import Image
 
 from harness import synthetic
 from harness.parity import Fixture, check
-from harness.weights import WeightStore
+from harness.weights import WeightStore, filled_state_dict, sha256_file
 from methods.barbershop import losses, pipeline
 from methods.barbershop.method import Barbershop, pil_to_tensor, tensor_to_pil
 from methods.barbershop.params import QUICK_STEPS, BarbershopParams
 from methods.cache import NpzStore
+from methods.nets import bisenet, lpips, stylegan2
 from methods.ops import dilate_erode
 
 PARITY = pathlib.Path(__file__).resolve().parents[2] / "shared" / "parity"
@@ -296,3 +297,60 @@ def test_cli_end_to_end_quick(tmp_path):
         assert Image.open(out / r["output"]).size == (128, 128)
     params = json.loads((out / "manifest.json").read_text())["methods"]["barbershop"]["params"]
     assert params["quick"] is True and params["W_steps"] == 1100
+
+
+def write_official_barbershop_files(folder: pathlib.Path, params: BarbershopParams) -> None:
+    """Barbershop's four checkpoints, filled exactly as ``--fill-weights`` fills them (same recipe, namespace =
+    checkpoint key), saved in the official layouts under the official names."""
+    folder.mkdir(parents=True)
+    gen = stylegan2.Generator(params.size, params.latent, params.n_mlp, params.channel_multiplier)
+    gen.load_state_dict(filled_state_dict(gen, stylegan2.CHECKPOINT.key, stylegan2.fill_recipe))
+    gen = gen.eval().requires_grad_(False)
+    # fill mode has no file to read latent_avg from and takes the mean mapping output of seeded z: store that
+    latent_avg = gen.mean_latent(stylegan2.LATENT_AVG_SAMPLES,
+                                 torch.Generator().manual_seed(stylegan2.LATENT_AVG_SEED))
+    torch.save({"g_ema": gen.state_dict(), "latent_avg": latent_avg}, folder / stylegan2.CHECKPOINT.filename)
+    parser = bisenet.BiSeNet(bisenet.VARIANTS["bisenet16"].n_classes)
+    torch.save(filled_state_dict(parser, bisenet.BISENET16.key, bisenet.fill_recipe),
+               folder / bisenet.BISENET16.filename)
+    # vgg16-397923af.pth feeds two networks: the LPIPS trunk (fill keys slice{s}.N.*) and the style loss's
+    # VGG16Features (fill keys features.N.*); fill mode seeds them differently, one file cannot. The file holds the
+    # LPIPS trunk's fill under torchvision's features.N.* keys.
+    trunk = filled_state_dict(lpips.LPIPS().net, lpips.VGG16_IMAGENET.key, lpips.fill_recipe)
+    torchvision = {f"features.{key.split('.', 1)[1]}": value for key, value in trunk.items()}
+    for i in (0, 3, 6):  # classifier.* (unused, ~500 MB at full size): present, with small shapes
+        torchvision[f"classifier.{i}.weight"] = torch.zeros(4, 4)
+        torchvision[f"classifier.{i}.bias"] = torch.zeros(4)
+    torch.save(torchvision, folder / lpips.VGG16_IMAGENET.filename)
+    torch.save(filled_state_dict(lpips.LPIPS().heads(), lpips.LPIPS_VGG_HEADS.key, lpips.fill_recipe),
+               folder / lpips.LPIPS_VGG_HEADS.filename)
+
+
+def test_official_layout_files_load_like_the_fill(tmp_path, monkeypatch, portraits):
+    """``--weights-dir`` with official-layout files (the fill written to disk) gives the networks of
+    ``--fill-weights`` and the same result, through the real search, safe loading and strict key checks."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    params = BarbershopParams(**SMALL, quick=True, pca_samples=4000, cache=False)
+    write_official_barbershop_files(tmp_path / "weights", params)
+    # vgg.pth has an official size (and sha256) that a rule-filled stand-in cannot have: drop them for this test
+    heads = dataclasses.replace(lpips.LPIPS_VGG_HEADS, size=None, sha256=None)
+    monkeypatch.setattr(lpips, "LPIPS_VGG_HEADS", heads)
+    monkeypatch.setattr("methods.barbershop.method.LPIPS_VGG_HEADS", heads)
+    from_files, filled = Barbershop(params), Barbershop(params)
+    from_files.setup("cpu", WeightStore(weights_dir=tmp_path / "weights"))
+    filled.setup("cpu", WeightStore(fill=True))
+
+    a, b = from_files.nets, filled.nets
+    for name in ("generator", "parser", "lpips"):
+        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), name
+    assert torch.equal(a.latent_avg, b.latent_avg)
+    for name, checkpoint in (("generator", stylegan2.CHECKPOINT), ("parser", bisenet.BISENET16)):
+        assert from_files.identity[name] == sha256_file(tmp_path / "weights" / checkpoint.filename)
+        assert filled.identity[name].startswith("filled:")
+    # The style loss's VGG is the one network whose fill differs from the file (see above); with the file's
+    # weights in both, one transfer gives the same image bit for bit.
+    b.style.load_state_dict(a.style.state_dict())
+    face, shape, color = portraits
+    assert np.array_equal(np.asarray(from_files.transfer(face, shape, color)),
+                          np.asarray(filled.transfer(face, shape, color)))
