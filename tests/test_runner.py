@@ -296,3 +296,14 @@ def test_methods_see_their_unit(tmp_path):
     for (_method, task, triplet), r in recs.items():
         assert r.extras == {"steps": 7, "triplet": triplet, "warmups_before": 2}  # 2 flagged warm-up calls
         assert (run / "outputs" / "noting" / task / f"{triplet}.txt").read_text() == "noting full"
+
+
+def test_keep_freed_memory_applies_on_linux_and_can_be_disabled(monkeypatch):
+    import platform
+
+    from harness.environment import keep_freed_memory
+
+    monkeypatch.setenv("HARNESS_KEEP_FREED_MEMORY", "0")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("HARNESS_KEEP_FREED_MEMORY")
+    assert keep_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
