@@ -103,7 +103,8 @@ def tiny_nets(arch: BlendingArch = OFFICIAL_ARCH) -> pipeline.HairFastNets:
     )
 
 
-TINY_IDENTITY = {**{name: f"tiny:{name}" for name in NETWORK_CHECKPOINTS}, "sean_median_codes": "tiny"}
+TINY_IDENTITY = {**{name: f"tiny:{name}" for name in NETWORK_CHECKPOINTS}, "sean_median_codes": "tiny",
+                 "postprocess": "tiny:postprocess"}
 
 
 @pytest.fixture(scope="module")
@@ -329,6 +330,9 @@ def test_work_per_task_and_the_cache(nets, tmp_path):
     again.transfer(*images)
     assert again.last_stats.get("images_embedded", 0) == 0 and again.last_stats["embedding:disk"] == 3
     assert again.last_stats["shape:disk"] == 2 and again.last_stats["inpaint:disk"] == 1
+    # the face's post-processing codes: computed once over the five tasks (one face), then from memory or disk
+    assert cached.stats["postprocess_face:miss"] == 1 and cached.stats["postprocess_face:memory"] == 4
+    assert again.last_stats["postprocess_face:disk"] == 1
 
 
 def test_noise_modes_batches_and_determinism(nets):

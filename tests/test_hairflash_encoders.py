@@ -296,3 +296,8 @@ class TestPostProcess:
         assert compare((s_final - latent_avg).numpy(), fixture.reference("out/S_final_minus_latent_avg"), TOL) < TOL
         assert compare(f_final.numpy(), fixture.reference("out/F_final/*"), TOL) < TOL
         assert np.isfinite(f_final.numpy()).all()
+        # the pipeline's split form (the face's codes computed on their own, cacheable) gives the same outputs
+        with torch.no_grad():
+            s_split, f_split = model.combine(model.encode(source), model.encode(target))
+        assert compare(s_split.numpy(), fixture.reference("out/S_final"), TOL) < TOL
+        assert compare(f_split.numpy(), fixture.reference("out/F_final/*"), TOL) < TOL

@@ -336,9 +336,19 @@ class PostProcessModel(nn.Module):
         self.latent_avg = value.to(self.latent_avg.device)
 
     def forward(self, source: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        styles, content = self.encoder_face(torch.cat([source, target]))  # one encoder pass for both images
+        styles, content = self.encode(torch.cat([source, target]))  # one encoder pass for both images
         s_face, s_blend = styles.chunk(2)
         f_face, f_blend = content.chunk(2)
+        return self.combine((s_face, f_face), (s_blend, f_blend))
+
+    def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """The shared encoder alone: normalised 256 images -> ``(styles, content)``. The face image's codes depend
+        on the face only, so a pipeline may compute them once per face (:meth:`combine` takes them)."""
+        return self.encoder_face(images)
+
+    def combine(self, face: tuple[Tensor, Tensor], blend: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` from the encoder outputs ``(styles, content)`` of the face and the blend images."""
+        (s_face, f_face), (s_blend, f_blend) = face, blend
         dt_face = modulate(self.to_latent_1, s_face, s_blend)
         dt_blend = modulate(self.to_latent_2, s_blend, s_face)
         s_final = self.latent_avg.to(dt_face.dtype) + DT_SCALE * (dt_face + dt_blend)

@@ -161,6 +161,7 @@ class HairFlash(Method):
         nets = pipeline.load_nets(store, device, self.params, self.spec)
         identity = {name: checkpoint_identity(store, ckpt) for name, ckpt in NETWORK_CHECKPOINTS.items()}
         identity["sean_median_codes"] = image_key(nets.sean.median_style_codes.detach().cpu().numpy())
+        identity["postprocess"] = checkpoint_identity(store, ckpts.POSTPROCESS)
         self.use_networks(nets, identity)
 
     def use_networks(self, nets: pipeline.HairFastNets, weights_identity: dict[str, str]) -> None:
@@ -176,6 +177,8 @@ class HairFlash(Method):
             "embedding": [*gen, ident["fse"], ident["psp"], ident["e4e"], ident["parser"]],
             "shape": [*gen, ident["rotate"], ident["shape_adaptor"], ident["parser"]],
             "inpaint": [*gen, ident["sean"], ident["sean_median_codes"], ident["e4e"]],
+            # the face's post-processing codes depend on the face pixels and pp_model.pth only
+            "postprocess_face": ident.get("postprocess"),
         }
         self.cache = StageCache(cache_dir() / "hairflash", p.cache_entries, enabled=p.cache)
 
@@ -303,9 +306,27 @@ class HairFlash(Method):
                 batch = self._blending_batch([roles[i] for i in chunk], images, emb, [aligned[i] for i in chunk])
                 S_blend, I_blend = pipeline.blend(self.nets, batch, items)
             with stages("post_processing"):
-                final = pipeline.post_process(self.nets, batch.face_norm_256, I_blend, items)
+                face_codes = self._postprocess_face_codes([roles[i][0] for i in chunk], images)
+                final = pipeline.post_process(self.nets, face_codes, I_blend, items)
             out += [Finished(batch, j, S_blend[j:j + 1], I_blend[j:j + 1], final) for j in range(len(chunk))]
         return out
+
+    def _postprocess_face_codes(self, faces: Sequence[str], images: dict[str, InputImage]
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The post-processing encoder's codes of each face image, one image per pass (so that a cached and a
+        computed entry are the same numbers), cached per face when the weights' identity is known."""
+        cacheable = self.identity["postprocess_face"] is not None
+        codes: dict[str, dict[str, torch.Tensor]] = {}
+        for face in dict.fromkeys(faces):
+            key = cache_key("postprocess_face", self._embedding_key(face), self.identity["postprocess_face"])
+            hit = self.cache.get("postprocess_face", key, self.device) if cacheable else None
+            if hit is None:
+                styles, content = pipeline.postprocess_face_codes(self.nets, images[face].norm_256)
+                hit = {"styles": styles, "content": content}
+                if cacheable:
+                    self.cache.put("postprocess_face", key, hit)
+            codes[face] = hit
+        return _cat(codes[f]["styles"] for f in faces), _cat(codes[f]["content"] for f in faces)
 
     def _blending_batch(self, roles: Sequence[tuple[str, str, str]], images: dict[str, InputImage],
                         emb: dict[str, Embedding], aligned: Sequence[Alignment]) -> pipeline.BlendingBatch:

@@ -406,10 +406,19 @@ class Final:
 
 
 @torch.no_grad()
-def post_process(nets: HairFastNets, face_norm_256: Tensor, blend_image: Tensor,
+def postprocess_face_codes(nets: HairFastNets, face_norm_256: Tensor) -> tuple[Tensor, Tensor]:
+    """The post-processing encoder's ``(styles, content)`` of face images: per image, so cacheable."""
+    return nets.postprocess.encode(face_norm_256)
+
+
+@torch.no_grad()
+def post_process(nets: HairFastNets, face_codes: tuple[Tensor, Tensor], blend_image: Tensor,
                  items: Sequence[torch.Generator | None]) -> Final:
-    """Post-processing encoders on (face, ``I_blend`` bicubic-downsampled to 256), render from stage 5."""
-    S_final, F_final = nets.postprocess(face_norm_256, downsample_to(blend_image, MASK_SIZE))
+    """Post-processing encoders on (face, ``I_blend`` bicubic-downsampled to 256), render from stage 5. The face's
+    encoder pass comes in as ``face_codes`` (:func:`postprocess_face_codes`); the official code encodes face and
+    blend in one batch of two, which differs from separate passes by float rounding only."""
+    blend_codes = nets.postprocess.encode(downsample_to(blend_image, MASK_SIZE))
+    S_final, F_final = nets.postprocess.combine(face_codes, blend_codes)
     gen = nets.generator
     image = gen.synthesis(S_final, start_layer=5, layer_in=F_final, noise=gan_noise(gen, items, 5)).rgb
     return Final(S_final, F_final, ((image + 1) / 2).clamp(0, 1))
