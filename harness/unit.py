@@ -48,11 +48,18 @@ def in_warmup() -> bool:
     return ctx is not None and ctx.warmup
 
 
-def intermediates_dir(index: int = 0) -> Path | None:
-    """``RUN/intermediates/<method dir>/<task>/<triplet>/`` for the ``index``-th triplet of the current call
-    (``None`` outside the runner or during warm-up; created on demand by the caller)."""
+def intermediates_dir(index: int = 0, chosen: Path | None = None) -> Path | None:
+    """Where the ``index``-th triplet of the current call keeps its intermediate files: ``chosen`` (a directory the
+    method was given) if any, else ``RUN/intermediates/<method dir>/<task>/<triplet>/`` under the runner.
+    ``None`` during warm-up calls (nothing to keep); outside the runner without ``chosen``: ``ValueError``."""
     ctx = _current.get()
-    if ctx is None or ctx.warmup or ctx.run_dir is None:
+    if ctx is not None and ctx.warmup:
+        return None
+    if chosen is not None:
+        return chosen
+    if ctx is None:
+        raise ValueError("intermediates outside `harness run` need a directory (the method's intermediates_dir)")
+    if ctx.run_dir is None:
         return None
     output = ctx.outputs[index]  # RUN/outputs/<method dir>/<task>/<triplet>.png
     return ctx.run_dir / "intermediates" / output.parent.parent.name / output.parent.name / output.stem

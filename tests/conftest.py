@@ -13,6 +13,27 @@ PARITY = ROOT.parent / "shared" / "parity"
 HARNESS = [sys.executable, "-m", "harness.cli"]
 
 
+def load_fixture(name: str):
+    """The parity fixture ``name`` from ``../shared/parity`` (the test is skipped when it is not there)."""
+    from harness.parity import Fixture
+
+    path = PARITY / name
+    if not (path / "spec.json").is_file():
+        pytest.skip(f"parity fixture {path} not available")
+    return Fixture.load(path)
+
+
+def assert_fill_recipe_matches(fixture, recipe, **kwargs) -> None:
+    """``recipe(key, shape, **kwargs)`` gives the fill the fixture's spec states for every tensor."""
+    for entry in fixture.spec["state_dict"]:
+        ours = recipe(entry["key"], tuple(entry["shape"]), **kwargs)
+        want = entry["fill"]
+        assert ours["kind"] == want["kind"], entry["key"]
+        if want["kind"] == "normal":
+            assert ours["mean"] == pytest.approx(want["mean"], rel=1e-12, abs=1e-12), entry["key"]
+            assert ours["std"] == pytest.approx(want["std"], rel=1e-12, abs=1e-12), entry["key"]
+
+
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
     if not PARITY.is_dir():

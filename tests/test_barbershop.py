@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import scipy.ndimage
 import torch
-from conftest import run_harness
+from conftest import load_fixture, run_harness
 from PIL import Image
 
 from harness import synthetic
-from harness.parity import Fixture, check
+from harness.parity import check
 from harness.weights import WeightStore, filled_state_dict, sha256_file
 from methods.barbershop import losses, pipeline
 from methods.barbershop.method import Barbershop, pil_to_tensor, tensor_to_pil
@@ -27,15 +27,9 @@ from methods.cache import NpzStore
 from methods.nets import bisenet, lpips, stylegan2
 from methods.ops import dilate_erode
 
-PARITY = pathlib.Path(__file__).resolve().parents[2] / "shared" / "parity"
 SMALL = {"size": 64, "channel_multiplier": 1}
 
 
-def fixture(name: str) -> Fixture:
-    path = PARITY / name
-    if not (path / "spec.json").is_file():
-        pytest.skip(f"parity fixture {name} not available")
-    return Fixture.load(path)
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +78,14 @@ def test_defaults_are_the_report_parameters():
 # ---------------------------------------------------------------- losses against the fixtures
 
 def test_parity_of_barbershop_ops():
-    fx = fixture("barbershop_ops")
+    fx = load_fixture("barbershop_ops")
     results = list(check(fx, losses.PARITY["barbershop_ops"]))
     assert len(results) == 7 and all(r.ok for r in results), [r.line() for r in results]
 
 
 def test_perceptual_losses_match_lpips_fixture():
     """The stages' LPIPS (targets' features computed once, per-sample masked form) against lpips_vgg."""
-    fx = fixture("lpips_vgg")
+    fx = load_fixture("lpips_vgg")
     net = pipeline.LPIPS()
     net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in fx.state_dict().items()})
     net.eval().requires_grad_(False)
@@ -113,7 +107,7 @@ def test_perceptual_losses_match_lpips_fixture():
 
 
 def test_p_norm_matches_fixture_per_sample():
-    fx = fixture("barbershop_ops")
+    fx = load_fixture("barbershop_ops")
     pca = losses.LatentPCA(*(torch.from_numpy(fx.data[f"in/pca_X_{k}"]) for k in ("mean", "comp", "stdev")),
                            torch.ones(()))
     latent = torch.from_numpy(fx.data["in/pnorm_latent"])
@@ -124,7 +118,7 @@ def test_p_norm_matches_fixture_per_sample():
 
 
 def test_style_loss_matches_fixture_and_masked_form():
-    fx = fixture("barbershop_ops")
+    fx = load_fixture("barbershop_ops")
     vgg = losses.VGG16Features()
     vgg.load_state_dict(fx.torch_state_dict())
     vgg.eval().requires_grad_(False)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import assert_fill_recipe_matches, load_fixture
 from PIL import Image
 
 from harness.parity import Fixture, check, compare
@@ -25,24 +24,15 @@ from methods.nets.bisenet import (
     remap_labels,
 )
 
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
-
-
-def fixture(name: str) -> Fixture:
-    path = PARITY / name
-    if not (path / "spec.json").is_file():
-        pytest.skip(f"parity fixture {name} not available")
-    return Fixture.load(path)
-
 
 @pytest.fixture(scope="module")
 def fx19() -> Fixture:
-    return fixture("bisenet19")
+    return load_fixture("bisenet19")
 
 
 @pytest.fixture(scope="module")
 def fx16() -> Fixture:
-    return fixture("bisenet16")
+    return load_fixture("bisenet16")
 
 
 def run_forward(net: BiSeNet, x: np.ndarray) -> tuple[torch.Tensor, ...]:
@@ -52,7 +42,7 @@ def run_forward(net: BiSeNet, x: np.ndarray) -> tuple[torch.Tensor, ...]:
 
 @pytest.mark.parametrize("name", ["bisenet19", "bisenet16"])
 def test_parity(name):
-    fx = fixture(name)
+    fx = load_fixture(name)
     results = list(check(fx, bisenet.PARITY[name]))
     assert len(results) == len(fx.cases)
     for r in results:
@@ -73,19 +63,13 @@ def test_adapter_follows_constructor_and_input_size(fx16):
 
 @pytest.mark.parametrize("name", ["bisenet19", "bisenet16"])
 def test_fill_recipe_matches_spec(name):
-    fx = fixture(name)
-    for entry in fx.spec["state_dict"]:
-        ours = fill_recipe(entry["key"], tuple(entry["shape"]))
-        want = entry["fill"]
-        assert ours["kind"] == want["kind"], entry["key"]
-        if want["kind"] == "normal":
-            assert ours["mean"] == pytest.approx(want["mean"], rel=1e-12, abs=1e-12), entry["key"]
-            assert ours["std"] == pytest.approx(want["std"], rel=1e-12, abs=1e-12), entry["key"]
+    fx = load_fixture(name)
+    assert_fill_recipe_matches(fx, fill_recipe)
 
 
 @pytest.mark.parametrize("name", ["bisenet19", "bisenet16"])
 def test_state_dict_keys_match_official(name):
-    fx = fixture(name)
+    fx = load_fixture(name)
     ours = {k: tuple(v.shape) for k, v in BiSeNet(fx.constructor["n_classes"]).state_dict().items()}
     official = {k: tuple(shape) for k, shape, _ in fx.spec["full_config_keys"]}
     assert ours == official
@@ -94,7 +78,7 @@ def test_state_dict_keys_match_official(name):
 @pytest.mark.parametrize("name", ["bisenet19", "bisenet16"])
 def test_official_layout_file_loads_and_reproduces(name, tmp_path):
     """A plain state dict saved like the official file loads through the WeightStore and gives the outputs."""
-    fx = fixture(name)
+    fx = load_fixture(name)
     variant = bisenet.VARIANTS[name]
     torch.save(fx.torch_state_dict(), tmp_path / variant.checkpoint.filename)
     net = load_bisenet(WeightStore(weights_dir=tmp_path), "cpu", name)
@@ -107,7 +91,7 @@ def test_official_layout_file_loads_and_reproduces(name, tmp_path):
 @pytest.mark.parametrize("name", ["bisenet19", "bisenet16"])
 def test_fill_weights_equal_fixture_weights(name):
     """--fill-weights fills under the checkpoint key, which is the fixture namespace: same network."""
-    fx = fixture(name)
+    fx = load_fixture(name)
     net = load_bisenet(WeightStore(fill=True), "cpu", name)
     case = next(c for c in fx.cases if c["name"] == "forward_64")
     out = run_forward(net, fx.input(case, "x"))[0]
@@ -132,7 +116,7 @@ def test_spec_label_orders(fx19, fx16):
 
 
 def test_remap_and_bicubic_match_hairfast_ops():
-    ops = fixture("hairfast_ops")
+    ops = load_fixture("hairfast_ops")
     labels = torch.from_numpy(ops.data["in/bisenet_labels_512"].astype(np.int64))
     celeba = remap_labels(labels, BISENET19_TO_CELEBAMASKHQ)
     np.testing.assert_array_equal(celeba.numpy()[:, None], ops.data["out/celeba_labels_512"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_fill_recipe_matches, load_fixture
 
 from harness.parity import Fixture, check, compare
 from harness.weights import WeightStore, describe_missing
@@ -23,15 +24,10 @@ from methods.nets.lpips import (
     vgg16_trunk_state,
 )
 
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
-
 
 @pytest.fixture(scope="module")
 def fx() -> Fixture:
-    path = PARITY / "lpips_vgg"
-    if not (path / "spec.json").is_file():
-        pytest.skip("parity fixture lpips_vgg not available")
-    return Fixture.load(path)
+    return load_fixture("lpips_vgg")
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +59,7 @@ def test_adapter_follows_inputs(fx):
 
 
 def test_fill_recipe_matches_spec(fx):
-    for entry in fx.spec["state_dict"]:
-        ours = fill_recipe(entry["key"], tuple(entry["shape"]))
-        want = entry["fill"]
-        assert ours["kind"] == want["kind"], entry["key"]
-        if want["kind"] == "normal":
-            assert ours["mean"] == pytest.approx(want["mean"], rel=1e-12, abs=1e-12), entry["key"]
-            assert ours["std"] == pytest.approx(want["std"], rel=1e-12, abs=1e-12), entry["key"]
+    assert_fill_recipe_matches(fx, fill_recipe)
 
 
 def test_keys_and_scaling_constants(fx):

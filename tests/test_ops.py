@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_fixture
 from scipy import ndimage
 
 from harness.parity import Fixture, check
@@ -31,13 +32,6 @@ from methods.barbershop.losses import (
 from methods.hairflash import masks
 
 
-def _fixture(parity_dir, name: str) -> Fixture:
-    path = parity_dir / name
-    if not (path / "spec.json").is_file():
-        pytest.skip(f"parity fixture {name} not available")
-    return Fixture.load(path)
-
-
 @pytest.fixture(scope="module")
 def vgg() -> VGG16Features:
     """The style loss's VGG16 filled by the parity rule (as ``--fill-weights`` does)."""
@@ -58,7 +52,7 @@ def _random_mask(shape, seed: int, blobs: int = 6) -> torch.Tensor:
 
 @pytest.mark.parametrize("name, module", [("hairfast_ops", masks), ("barbershop_ops", losses)])
 def test_parity(parity_dir, name, module):
-    fixture = _fixture(parity_dir, name)
+    fixture = load_fixture(name)
     results = list(check(fixture, module.PARITY[name]))
     assert len(results) == len(fixture.cases) >= 6
     for result in results:
@@ -76,7 +70,7 @@ def test_plugins_register_parity():
 
 def test_hairfast_adapter_follows_spec(parity_dir):
     """A twin with other smoothing / mixing / inputs: the adapter must use the spec, checked against scipy."""
-    fixture = _fixture(parity_dir, "hairfast_ops")
+    fixture = load_fixture("hairfast_ops")
     spec = copy.deepcopy(fixture.spec)
     spec["constructor"]["DilateErosion"] = "DilateErosion(dilate_erosion=3)"
     spec["constructor"]["mixing"] = 0.5
@@ -195,7 +189,7 @@ def test_alignment_and_blending_are_batched():
 # ---------------------------------------------------------------- Barbershop losses
 
 def test_vgg16_features_layout(parity_dir, vgg):
-    fixture = _fixture(parity_dir, "barbershop_ops")
+    fixture = load_fixture("barbershop_ops")
     ours = {k: tuple(v.shape) for k, v in VGG16Features().state_dict().items()}
     assert ours == {k: tuple(shape) for k, shape, _ in fixture.spec["full_config_keys"]}
     for entry in fixture.spec["state_dict"]:  # our fill recipe is the fixture's

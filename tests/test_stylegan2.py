@@ -5,27 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import load_fixture
 
 from harness.parity import Fixture, check, compare, fill_entry
 from harness.weights import WeightStore, filled_state_dict
 from methods.nets import stylegan2 as sg
 
 
-def _fixture(parity_dir, name: str) -> Fixture:
-    path = parity_dir / name
-    if not (path / "spec.json").is_file():
-        pytest.skip(f"parity fixture {path} not available")
-    return Fixture.load(path)
-
-
 @pytest.fixture(scope="module")
 def fx128(parity_dir) -> Fixture:
-    return _fixture(parity_dir, "stylegan2")
+    return load_fixture("stylegan2")
 
 
 @pytest.fixture(scope="module")
 def fx1024(parity_dir) -> Fixture:
-    return _fixture(parity_dir, "stylegan2_1024")
+    return load_fixture("stylegan2_1024")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +49,7 @@ def _wplus(g: sg.Generator, batch: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ["stylegan2", "stylegan2_1024"])
 def test_parity(parity_dir, name):
-    fixture = _fixture(parity_dir, name)
+    fixture = load_fixture(name)
     results = list(check(fixture, sg.PARITY[name]))
     assert {r.case for r in results} == {c["name"] for c in fixture.cases}
     for r in results:
@@ -100,7 +94,7 @@ def test_blur_kernels_are_computed_like_the_official_ones(fx128, fx1024):
 
 @pytest.mark.parametrize("name", ["stylegan2", "stylegan2_1024"])
 def test_fill_recipe_equals_spec(parity_dir, name):
-    fixture = _fixture(parity_dir, name)
+    fixture = load_fixture(name)
     lr_mlp = fixture.constructor.get("lr_mlp", 0.01)
     for entry in fixture.spec["state_dict"]:
         ours = sg.fill_recipe(entry["key"], tuple(entry["shape"]), lr_mlp=lr_mlp)

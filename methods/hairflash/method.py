@@ -387,12 +387,9 @@ class HairFlash(Method):
     # ------------------------------------------------------------ intermediates
     def intermediates_folder(self, names: Sequence[str], index: int = 0) -> Path | None:
         """``intermediates_dir/<variant>/<face>_<shape>_<color>/``; without ``intermediates_dir``, under the
-        harness, ``RUN/intermediates/<method>/<task>/<triplet>/``; ``None`` during warm-up calls."""
-        if self.params.intermediates_dir:
-            return None if unit.in_warmup() else Path(self.params.intermediates_dir) / self.variant / "_".join(names)
-        if unit.current() is None:
-            raise ValueError("save_intermediates outside `harness run` needs intermediates_dir")
-        return unit.intermediates_dir(index)
+        harness, ``RUN/intermediates/<method>/<task>/<triplet>/`` (:func:`harness.unit.intermediates_dir`)."""
+        chosen = self.params.intermediates_dir
+        return unit.intermediates_dir(index, Path(chosen) / self.variant / "_".join(names) if chosen else None)
 
     def _save_intermediates(self, folder: Path, roles: tuple[str, str, str], images: dict[str, InputImage],
                             emb: dict[str, Embedding], aligned: Alignment, done: Finished) -> None:

@@ -283,8 +283,10 @@ class RecordStore:
         self.store.save(RECORD_KIND, key, {name: t.detach().cpu().numpy() for name, t in record.items()})
 
     def load(self, key: str) -> dict[str, np.ndarray]:
-        with np.load(self.path(key), allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
+        arrays = self.store.load(RECORD_KIND, key)
+        if arrays is None:
+            raise FileNotFoundError(f"training record {self.path(key)} is missing or unreadable")
+        return arrays
 
     def color_hair(self, key: str) -> float:
         with np.load(self.path(key), allow_pickle=False) as npz:
