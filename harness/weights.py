@@ -163,6 +163,11 @@ class WeightStore:
         load_state_dict_into(module, state, f"{ckpt.filename}")
         return obj
 
+    def identity(self, ckpt: Checkpoint, filled: str | None = None) -> str:
+        """What results computed with ``ckpt`` depend on, for cache keys: the file's sha256 (memoised), or
+        ``filled:<filled or key>`` when filling."""
+        return f"filled:{filled or ckpt.key}" if self.fill else sha256_file(self.path(ckpt))
+
     def path(self, ckpt: Checkpoint) -> Path:
         st = self.status(ckpt)
         if st.state != "found":

@@ -101,11 +101,6 @@ def load_barbershop_generator(weights: WeightStore, device: torch.device, params
     return gen, latent_avg
 
 
-def checkpoint_identity(weights: WeightStore, checkpoint: Checkpoint, filled: str) -> str:
-    """sha256 of the file, or ``filled:<what>`` for rule-filled weights."""
-    return f"filled:{filled}" if weights.fill else sha256_file(weights.path(checkpoint))
-
-
 def latent_pca(generator: stylegan2.Generator, weights: WeightStore, params: BarbershopParams,
                mapping_id: str, device: torch.device) -> tuple[LatentPCA, str]:
     """The P-norm PCA: ``ffhq_PCA.npz`` when present (real weights only), else fitted on
@@ -165,8 +160,7 @@ class Barbershop(Method):
         p = self.params
         device = torch.device(device)
         generator, latent_avg = load_barbershop_generator(weights, device, p)
-        gen_id = checkpoint_identity(weights, stylegan2.CHECKPOINT,
-                                     f"{p.size}:{p.latent}:{p.n_mlp}:{p.channel_multiplier}")
+        gen_id = weights.identity(stylegan2.CHECKPOINT, f"{p.size}:{p.latent}:{p.n_mlp}:{p.channel_multiplier}")
         mapping_id = gen_id if not weights.fill else f"filled:mapping:{p.latent}:{p.n_mlp}"
         pca, pca_id = latent_pca(generator, weights, p, mapping_id, device)
         lpips = load_lpips(weights, device)
@@ -177,9 +171,9 @@ class Barbershop(Method):
         self.noise = pipeline.Noise(p.noise, generator, p.seed)
         self.identity = {
             "generator": gen_id, "pca": pca_id,
-            "vgg16": checkpoint_identity(weights, VGG16_IMAGENET, "vgg16"),
-            "lpips": checkpoint_identity(weights, LPIPS_VGG_HEADS, "lpips"),
-            "parser": checkpoint_identity(weights, BISENET16, "bisenet16"),
+            "vgg16": weights.identity(VGG16_IMAGENET, "vgg16"),
+            "lpips": weights.identity(LPIPS_VGG_HEADS, "lpips"),
+            "parser": weights.identity(BISENET16, "bisenet16"),
         }
         self.cache = NpzStore(cache_dir() / "barbershop" if p.cache else None)
         self.batch = p.batch_images

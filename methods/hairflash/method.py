@@ -43,7 +43,7 @@ from harness import annotations, unit
 from harness.method import Checkpoint, Method, Triplet
 from harness.store import atomic_write_bytes
 from harness.timing import stages
-from harness.weights import WeightStore, cache_dir, sha256_file
+from harness.weights import WeightStore, cache_dir
 from methods.hairflash import checkpoints as ckpts
 from methods.hairflash import pipeline
 from methods.hairflash.cache import StageCache, cache_key, image_key
@@ -126,11 +126,6 @@ def _chunks(items: Sequence, size: int):
         yield items[start:start + size]
 
 
-def checkpoint_identity(weights: WeightStore, ckpt: Checkpoint) -> str:
-    """sha256 of the file, or ``filled:<key>`` for rule-filled weights."""
-    return f"filled:{ckpt.key}" if weights.fill else sha256_file(weights.path(ckpt))
-
-
 class HairFlash(Method):
     """HairFast / HairFlash: encoder-based hair transfer (FS embedding, pose alignment, CLIP blending, refinement)."""
 
@@ -159,9 +154,9 @@ class HairFlash(Method):
                 "which this harness does not implement; its files are declared so `harness weights` lists them")
         store = OfficialLayout(weights)
         nets = pipeline.load_nets(store, device, self.params, self.spec)
-        identity = {name: checkpoint_identity(store, ckpt) for name, ckpt in NETWORK_CHECKPOINTS.items()}
+        identity = {name: store.identity(ckpt) for name, ckpt in NETWORK_CHECKPOINTS.items()}
         identity["sean_median_codes"] = image_key(nets.sean.median_style_codes.detach().cpu().numpy())
-        identity["postprocess"] = checkpoint_identity(store, ckpts.POSTPROCESS)
+        identity["postprocess"] = store.identity(ckpts.POSTPROCESS)
         self.use_networks(nets, identity)
 
     def use_networks(self, nets: pipeline.HairFastNets, weights_identity: dict[str, str]) -> None:

@@ -87,7 +87,7 @@ from methods.hairflash.blending import BlendingEncoder, ModulationPart, blending
 from methods.hairflash.cache import cache_key, image_key
 from methods.hairflash.checkpoints import OfficialLayout
 from methods.hairflash.encoders import CLIP_PREFIX
-from methods.hairflash.method import NETWORK_CHECKPOINTS, HairFlash, checkpoint_identity
+from methods.hairflash.method import NETWORK_CHECKPOINTS, HairFlash
 from methods.hairflash.params import HairFlashParams
 from methods.hairflash.variants import VARIANTS, Variant
 from methods.nets import clip as clip_net
@@ -311,7 +311,7 @@ def data_identity(weights: WeightStore, params: HairFlashParams, variant: Varian
     """What a record depends on besides its images: weights (sha256 or fill rule), parameters, colour
     alignment."""
     return {"version": RECORD_VERSION,
-            "weights": {c.key: checkpoint_identity(weights, c) for c in DATA_CHECKPOINTS},
+            "weights": {c.key: weights.identity(c) for c in DATA_CHECKPOINTS},
             "params": {k: getattr(params, k) for k in ("size", "channel_multiplier", "n_mlp", "latent", "mixing",
                                                        "smooth", "clip_precision")},
             "noise": pipeline.Noise(params.noise, params.seed).identity,
@@ -699,7 +699,7 @@ def preparation_method(variant: Variant, params: HairFlashParams, weights: Weigh
     """The ``hairflash`` method with the stage-1/2 networks only (no blending, no post-processing)."""
     nets = pipeline.load_nets(weights, device, params, variant, blending=False, postprocess=False)
     method = HairFlash(params, variant.name)
-    identity = {name: checkpoint_identity(weights, ckpt) for name, ckpt in NETWORK_CHECKPOINTS.items()}
+    identity = {name: weights.identity(ckpt) for name, ckpt in NETWORK_CHECKPOINTS.items()}
     identity["sean_median_codes"] = image_key(nets.sean.median_style_codes.detach().cpu().numpy())
     method.use_networks(nets, identity)
     return method
