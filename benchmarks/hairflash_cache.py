@@ -6,7 +6,8 @@ networks is loaded (set-up time printed, not counted), one untimed warm-up swap 
 * ``no cache``: every swap computes everything (``cache=False``), as the official code does;
 * ``cache``: the same swaps with the cache on, starting from an empty cache directory (a temporary
   ``$HARNESS_CACHE``): each image is embedded once, each (face, other) hair-shape step and (face, shape)
-  inpainting runs once, whatever the task.
+  inpainting runs once, whatever the task; so do the post-processing stage's face-only work (once per face) and
+  each CLIP embedding of a masked image (face outside the hair per (face, colour) pair, colour hair per image).
 
 Printed: total wall time of each mode and their ratio, per-swap stage times (mean over the swaps of each task,
 and over the ``full`` task, the official's "full swap"), process CPU time, peak RSS of each mode, and the load

@@ -3,6 +3,7 @@ pipeline end to end (small networks: fast; every real network filled at 1024: sl
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def tiny_nets(arch: BlendingArch = OFFICIAL_ARCH) -> pipeline.HairFastNets:
 
 
 TINY_IDENTITY = {**{name: f"tiny:{name}" for name in NETWORK_CHECKPOINTS}, "sean_median_codes": "tiny",
-                 "postprocess": "tiny:postprocess"}
+                 "postprocess": "tiny:postprocess", "clip": "tiny:clip"}
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +276,28 @@ def test_stage_cache_memory_lru_and_disk(tmp_path):
     assert cache_key("a", 1) == cache_key("a", 1) != cache_key("a", 2)
 
 
+def test_folding_batchnorms_keeps_the_numbers(nets):
+    """``load_nets`` folds the BatchNorms that follow a convolution (FS, e4e and post-processing encoders): the
+    folded networks give the unfolded numbers up to float rounding, with non-trivial BatchNorm statistics."""
+    torch.manual_seed(3)
+    x = torch.rand(2, 3, 256, 256) * 2 - 1
+    for name in ("fse", "postprocess"):
+        net = copy.deepcopy(getattr(nets["official"], name))
+        for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.normal_(0, 0.3)
+            bn.running_var.uniform_(0.5, 2.0)
+        folded = pipeline.channels_last(pipeline.fold_batchnorms(copy.deepcopy(net)))
+
+        def count(module):
+            return sum(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())
+
+        assert count(folded) < count(net), name
+        run = (lambda n: n.embed(x)) if name == "fse" else (lambda n: n.combine(n.encode(x[:1]), n.encode(x[1:])))
+        with torch.no_grad():
+            for a, b in zip(run(net), run(folded), strict=True):
+                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
+
+
 # ---------------------------------------------------------------- the pipeline on small networks
 
 def test_tiny_triplet_end_to_end(nets, tmp_path):
@@ -283,7 +306,8 @@ def test_tiny_triplet_end_to_end(nets, tmp_path):
     out = method.transfer(face, shape, color)
     assert out.size == face.size and out.mode == "RGB"
     assert np.isfinite(np.asarray(out, dtype=float)).all() and np.asarray(out).std() > 0
-    assert method.last_stats == {"images_embedded": 3, "hair_shapes": 2, "inpaintings": 1, "triplets": 1}
+    assert method.last_stats == {"images_embedded": 3, "hair_shapes": 2, "inpaintings": 1, "clip_images": 2,
+                                 "triplets": 1}
     folder = tmp_path / "baseline" / "img0_img1_img2"
     shapes = {name: {k: v.shape for k, v in np.load(folder / name).items()} for name in
               ("embedding_img0.npz", "alignment.npz", "color_shape.npz", "blending.npz", "final.npz")}
@@ -333,6 +357,11 @@ def test_work_per_task_and_the_cache(nets, tmp_path):
     # the face's post-processing codes: computed once over the five tasks (one face), then from memory or disk
     assert cached.stats["postprocess_face:miss"] == 1 and cached.stats["postprocess_face:memory"] == 4
     assert again.last_stats["postprocess_face:disk"] == 1
+    # CLIP embeddings of the masked images: face-outside-hair per (face, colour) pair -- (0, 2) twice, (0, 0)
+    # twice, (0, 1) -- and colour hair per colour image (2 twice, 0 twice, 1): 6 of the 10 computed
+    assert fresh.stats["clip_images"] == 10 and cached.stats["clip_images"] == 6
+    assert (cached.stats["clip:miss"], cached.stats["clip:memory"]) == (6, 4)
+    assert again.last_stats["clip:disk"] == 2 and "clip_images" not in again.last_stats
 
 
 def test_noise_modes_batches_and_determinism(nets):

@@ -305,6 +305,19 @@ class FeatureResNet(nn.Module):
             x = block(x)
         return x
 
+    @property
+    def first_block(self) -> IBasicBlock:
+        return next(iter(self.res_blocks.values()))
+
+    def forward_from_parts(self, x: Tensor, parts: Sequence[Tensor]) -> Tensor:
+        """:meth:`forward` of ``x`` given the first block's ``conv1`` parts of its channel groups
+        (:meth:`IBasicBlock.conv1_part`)."""
+        first, *rest = self.res_blocks.values()
+        x = first.after_conv1(x, first.conv1_from_parts(parts))
+        for block in rest:
+            x = block(x)
+        return x
+
 
 POSTPROCESS_CONFIG = PostProcessConfig()
 
@@ -336,23 +349,39 @@ class PostProcessModel(nn.Module):
         self.latent_avg = value.to(self.latent_avg.device)
 
     def forward(self, source: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        styles, content = self.encode(torch.cat([source, target]))  # one encoder pass for both images
+        """The official computation: one encoder pass for both images, ``to_feature`` on their concatenation."""
+        styles, content = self.encode(torch.cat([source, target]))
         s_face, s_blend = styles.chunk(2)
-        f_face, f_blend = content.chunk(2)
-        return self.combine((s_face, f_face), (s_blend, f_blend))
+        return self.final_styles(s_face, s_blend), self.to_feature(torch.cat(content.chunk(2), dim=1))
+
+    def final_styles(self, s_face: Tensor, s_blend: Tensor) -> Tensor:
+        """``S_final`` from the face's and the blend's encoder styles."""
+        dt_face = modulate(self.to_latent_1, s_face, s_blend)
+        dt_blend = modulate(self.to_latent_2, s_blend, s_face)
+        return self.latent_avg.to(dt_face.dtype) + DT_SCALE * (dt_face + dt_blend)
 
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """The shared encoder alone: normalised 256 images -> ``(styles, content)``. The face image's codes depend
         on the face only, so a pipeline may compute them once per face (:meth:`combine` takes them)."""
         return self.encoder_face(images)
 
-    def combine(self, face: tuple[Tensor, Tensor], blend: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        """:meth:`forward` from the encoder outputs ``(styles, content)`` of the face and the blend images."""
+    def face_feature_part(self, content_face: Tensor) -> Tensor:
+        """The face's share of ``to_feature``'s first convolution (``[B,C,64,64]``): it depends on the face
+        alone, so a pipeline may compute it once per face too (:meth:`combine` takes it)."""
+        return self.to_feature.first_block.conv1_part(content_face, 0)
+
+    def combine(self, face: tuple[Tensor, Tensor], blend: tuple[Tensor, Tensor],
+                face_feature_part: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` from the encoder outputs ``(styles, content)`` of the face and the blend images, with
+        ``to_feature``'s first convolution split over the two images' channels (:meth:`face_feature_part`; equal
+        to the whole convolution up to float rounding)."""
         (s_face, f_face), (s_blend, f_blend) = face, blend
-        dt_face = modulate(self.to_latent_1, s_face, s_blend)
-        dt_blend = modulate(self.to_latent_2, s_blend, s_face)
-        s_final = self.latent_avg.to(dt_face.dtype) + DT_SCALE * (dt_face + dt_blend)
-        f_final = self.to_feature(torch.cat([f_face, f_blend], dim=1))
+        s_final = self.final_styles(s_face, s_blend)
+        if face_feature_part is None:
+            face_feature_part = self.face_feature_part(f_face)
+        blend_part = self.to_feature.first_block.conv1_part(f_blend, f_face.shape[1])
+        f_final = self.to_feature.forward_from_parts(torch.cat([f_face, f_blend], dim=1),
+                                                     [face_feature_part, blend_part])
         return s_final, f_final
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,9 +91,29 @@ class IBasicBlock(nn.Module):
                            if project else None)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+        return self.after_conv1(x, self.conv1(self.bn1(x)))
+
+    def after_conv1(self, x: Tensor, conv1_out: Tensor) -> Tensor:
+        """:meth:`forward` of ``x`` given ``conv1(bn1(x))``."""
+        out = self.bn3(self.conv2(self.prelu(self.bn2(conv1_out))))
         identity = x if self.downsample is None else self.downsample(x)
         return out + identity
+
+    def conv1_part(self, x: Tensor, start: int) -> Tensor:
+        """``conv1(bn1(.))`` of input channels ``start .. start + x.shape[1]`` alone, without ``conv1``'s bias.
+        BatchNorm (per channel) then convolution is linear in each input channel, so the parts of a concatenated
+        input plus the bias make ``conv1(bn1(x))`` (up to float rounding): a part that depends on one image can be
+        computed once for it."""
+        bn, conv = self.bn1, self.conv1
+        channels = slice(start, start + x.shape[1])
+        x = F.batch_norm(x, bn.running_mean[channels], bn.running_var[channels], bn.weight[channels],
+                         bn.bias[channels], False, 0.0, bn.eps)
+        return F.conv2d(x, conv.weight[:, channels], None, conv.stride, conv.padding)
+
+    def conv1_from_parts(self, parts: Sequence[Tensor]) -> Tensor:
+        """``conv1(bn1(x))`` from the :meth:`conv1_part` of every channel group of ``x``."""
+        out = sum(parts[1:], parts[0])
+        return out if self.conv1.bias is None else out + self.conv1.bias.view(1, -1, 1, 1)
 
 
 def make_stage(inplanes: int, planes: int, blocks: int, stride: int = 2) -> nn.Sequential:

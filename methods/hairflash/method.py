@@ -10,7 +10,8 @@ Beyond the official script:
 
 * CPU and CUDA; inputs of any size are LANCZOS-resized to ``size`` (1024) and the result back to the face size.
 * Work is cached by content (:mod:`methods.hairflash.cache`; ``cache=False`` turns it off): the per-image
-  embedding, the (face, other) hair-shape step and the (face, shape) SEAN inpainting + re-encoding, in memory
+  embedding, the (face, other) hair-shape step, the (face, shape) SEAN inpainting + re-encoding, the face
+  image's post-processing encoder pass and the CLIP embeddings of the blending encoder's masked images, in memory
   (LRU) and on disk under ``cache_dir()/hairflash`` -- reused across triplets, task variants, method variants that
   share the networks, and ``--resume``. Keys hold the image content, the parameters that matter, the noise and
   the weights' identity (file sha256, or the fill rule).
@@ -157,11 +158,14 @@ class HairFlash(Method):
         identity = {name: store.identity(ckpt) for name, ckpt in NETWORK_CHECKPOINTS.items()}
         identity["sean_median_codes"] = image_key(nets.sean.median_style_codes.detach().cpu().numpy())
         identity["postprocess"] = store.identity(ckpts.POSTPROCESS)
+        identity["clip"] = store.identity(ckpts.CLIP)
+        identity["blending"] = store.identity(self.spec.blending)
         self.use_networks(nets, identity)
 
     def use_networks(self, nets: pipeline.HairFastNets, weights_identity: dict[str, str]) -> None:
         """Run on ``nets``; ``weights_identity`` (one string per name of :data:`NETWORK_CHECKPOINTS` and
-        ``sean_median_codes``) goes into the cache keys."""
+        ``sean_median_codes``) goes into the cache keys. Optional entries ``postprocess``, ``clip`` and ``blending``
+        (the variant's blending file) let the post-processing face codes and the CLIP embeddings be cached too."""
         p = self.params
         self.nets = nets
         self.weights_identity = dict(weights_identity)
@@ -174,6 +178,9 @@ class HairFlash(Method):
             "inpaint": [*gen, ident["sean"], ident["sean_median_codes"], ident["e4e"]],
             # the face's post-processing codes depend on the face pixels and pp_model.pth only
             "postprocess_face": ident.get("postprocess"),
+            # CLIP embeddings of the blending encoder's masked images: CLIP's weights (ViT-B-32.pt, or the blending
+            # file when it holds them too) and precision
+            "clip": [ident["clip"], ident.get("blending"), p.clip_precision] if "clip" in ident else None,
         }
         self.cache = StageCache(cache_dir() / "hairflash", p.cache_entries, enabled=p.cache)
 
@@ -290,7 +297,8 @@ class HairFlash(Method):
 
     # ------------------------------------------------------------ stages 3-4
     def _blend_and_finish(self, roles: Sequence[tuple[str, str, str]], images: dict[str, InputImage],
-                          emb: dict[str, Embedding], aligned: Sequence[Alignment]) -> list[Finished]:
+                          emb: dict[str, Embedding], aligned: Sequence[Alignment], stats: Counter
+                          ) -> list[Finished]:
         """Blending and post-processing, ``batch_size`` triplets at a time. Each triplet has one noise generator:
         the blend render draws first, the final render next."""
         p = self.params
@@ -299,29 +307,53 @@ class HairFlash(Method):
             items = self.noise.items("triplet", [roles[i] for i in chunk])
             with stages("blending"):
                 batch = self._blending_batch([roles[i] for i in chunk], images, emb, [aligned[i] for i in chunk])
-                S_blend, I_blend = pipeline.blend(self.nets, batch, items)
+                S_blend, I_blend = pipeline.blend(self.nets, batch, items, self._clip_embeds(batch, stats))
             with stages("post_processing"):
                 face_codes = self._postprocess_face_codes([roles[i][0] for i in chunk], images)
                 final = pipeline.post_process(self.nets, face_codes, I_blend, items)
             out += [Finished(batch, j, S_blend[j:j + 1], I_blend[j:j + 1], final) for j in range(len(chunk))]
         return out
 
-    def _postprocess_face_codes(self, faces: Sequence[str], images: dict[str, InputImage]
-                                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The post-processing encoder's codes of each face image, one image per pass (so that a cached and a
-        computed entry are the same numbers), cached per face when the weights' identity is known."""
+    def _clip_embeds(self, batch: pipeline.BlendingBatch, stats: Counter) -> list[torch.Tensor]:
+        """CLIP embeddings of the blending encoder's masked images (:func:`pipeline.clip_images`), cached by the
+        masked image's content: the face outside any hair depends on the (face, colour) pair only, the colour
+        image's hair on the colour image, so task variants and triplets share them. The images not cached go
+        through CLIP in one pass in the official order (without a cache: exactly the official call)."""
+        groups = pipeline.clip_images(self.nets, batch)
+        rows = [image[i:i + 1] for image in groups for i in range(image.shape[0])]
+        identity = self.identity["clip"]
+        keys = [cache_key("clip", image_key(row.cpu().numpy()), identity) for row in rows] if identity else []
+        found: dict[int, torch.Tensor] = {}
+        for index, key in enumerate(keys):
+            hit = self.cache.get("clip", key, self.device)
+            if hit is not None:
+                found[index] = hit["embed"]
+        todo = [i for i in range(len(rows)) if i not in found]
+        if todo:
+            embeds = self.nets.blending.get_image_embed(_cat(rows[i] for i in todo))
+            for j, index in enumerate(todo):
+                found[index] = embeds[j:j + 1]
+                if identity:
+                    self.cache.put("clip", keys[index], {"embed": found[index]})
+            stats["clip_images"] += len(todo)
+        return list(_cat(found[i] for i in range(len(rows))).chunk(len(groups)))
+
+    def _postprocess_face_codes(self, faces: Sequence[str], images: dict[str, InputImage]) -> pipeline.FaceCodes:
+        """The post-processing stage's face-only work (:class:`pipeline.FaceCodes`), one image per pass (so that a
+        cached and a computed entry are the same numbers), cached per face when the weights' identity is known."""
         cacheable = self.identity["postprocess_face"] is not None
-        codes: dict[str, dict[str, torch.Tensor]] = {}
+        codes: dict[str, pipeline.FaceCodes] = {}
         for face in dict.fromkeys(faces):
-            key = cache_key("postprocess_face", self._embedding_key(face), self.identity["postprocess_face"])
+            key = cache_key("postprocess_face", pipeline.FaceCodes.FIELDS, self._embedding_key(face),
+                            self.identity["postprocess_face"])
             hit = self.cache.get("postprocess_face", key, self.device) if cacheable else None
             if hit is None:
-                styles, content = pipeline.postprocess_face_codes(self.nets, images[face].norm_256)
-                hit = {"styles": styles, "content": content}
+                codes[face] = pipeline.postprocess_face_codes(self.nets, images[face].norm_256)
                 if cacheable:
-                    self.cache.put("postprocess_face", key, hit)
-            codes[face] = hit
-        return _cat(codes[f]["styles"] for f in faces), _cat(codes[f]["content"] for f in faces)
+                    self.cache.put("postprocess_face", key, codes[face].tensors())
+            else:
+                codes[face] = pipeline.FaceCodes(**hit)
+        return pipeline.FaceCodes.cat([codes[f] for f in faces])
 
     def _blending_batch(self, roles: Sequence[tuple[str, str, str]], images: dict[str, InputImage],
                         emb: dict[str, Embedding], aligned: Sequence[Alignment]) -> pipeline.BlendingBatch:
@@ -360,7 +392,7 @@ class HairFlash(Method):
             emb = self._embed(images, stats)
         with stages("alignment"):
             aligned = self._align(roles, images, emb, stats)
-        finished = self._blend_and_finish(roles, images, emb, aligned)
+        finished = self._blend_and_finish(roles, images, emb, aligned, stats)
         stats["triplets"] += len(roles)
         stats.update(Counter(self.cache.stats) - cache_before)
         self.last_stats = dict(stats)

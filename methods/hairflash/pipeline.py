@@ -9,14 +9,17 @@ Data flow (``/work/shared/parity/HAIRFAST_PIPELINE.md``; shapes for the 1024 mod
 2. :func:`hair_shape` (per (face, other) pair): rotate ``W_other`` toward the face's pose, render at full size,
    re-parse, shape adaptor -> target labels. :func:`inpaint` (per (face, shape) pair): SEAN re-renders both images
    on the target layout, e4e + ``G(., 0..3)`` re-encode them. :func:`align_features` blends the four F.
-3. :func:`blending_batch` + :func:`blend`: CLIP blending encoder on S rows, ``I_blend = G(S_blend, 4..end,
-   F_align)``.
+3. :func:`blending_batch` + :func:`blend`: CLIP embeddings of the masked images (:func:`clip_images`), blending
+   encoder on S rows, ``I_blend = G(S_blend, 4..end, F_align)``.
 4. :func:`post_process`: post-processing encoders on (face, I_blend at 256), ``I_final = G(S_final, 5..end,
    F_final)``, mapped to [0, 1].
 
 Differences from the official code that do not change its numbers: one generator instance for every stage; no
 throw-away renders (the FS encoder's image); the colour step and the alignment share the (face, other) work; a
-(face, shape) pair made of one image is inpainted once.
+(face, shape) pair made of one image is inpainted once. Differences that move its numbers by float rounding only:
+BatchNorms folded into the convolutions before them and channels-last weights (:func:`load_nets`); the
+post-processing stage's face-only work done apart from the blend image's (:class:`FaceCodes`), so that it is
+computed once per face.
 
 Noise (:class:`Noise`): ``"buffers"`` uses the generator's stored noise and no SEAN noise; ``"seeded"`` gives
 every work item (an image, a pair, a triplet) its own ``torch.Generator`` from which each generator call of that
@@ -116,7 +119,8 @@ def load_nets(weights: WeightStore, device: torch.device | str, params: HairFlas
         sean=channels_last(sean.load_sean(store, device)),
         blending=load_blending_encoder(store, variant.blending, variant.arch, n - ROTATED_ROWS, device,
                                        params.clip_precision) if blending else None,
-        postprocess=channels_last(encoders.load_postprocess(store, device, pp_config)) if postprocess else None,
+        postprocess=channels_last(fold_batchnorms(encoders.load_postprocess(store, device, pp_config)))
+        if postprocess else None,
     )
 
 
@@ -380,16 +384,30 @@ def blending_batch(S_face: Tensor, S_color: Tensor, S_shape: Tensor, face_norm_2
                          shape_eroded, F_align)
 
 
+def clip_images(nets: HairFastNets, batch: BlendingBatch) -> list[Tensor]:
+    """The masked images whose CLIP embeddings the blending encoder takes, in its order: the face outside any
+    hair, the colour image's hair (and the shape image's hair for the shape-aware architectures), each
+    ``[B,3,256,256]`` in [-1, 1]."""
+    images = [batch.target_face, batch.hair_color]
+    return images + [batch.hair_shape] if nets.blending.arch.uses_shape_embed else images
+
+
 @torch.no_grad()
-def blend(nets: HairFastNets, batch: BlendingBatch, items: Sequence[torch.Generator | None]
-          ) -> tuple[Tensor, Tensor]:
+def blend(nets: HairFastNets, batch: BlendingBatch, items: Sequence[torch.Generator | None],
+          embeds: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """``(S_blend [B,n,512], I_blend [B,3,size,size] in about [-1, 1])``: S rows 6.. from the blending encoder
-    (always run, as the official code), rendered from ``F_align``."""
-    start = batch.S_face.shape[1] - nets.blending.config.rows
-    arch = nets.blending.arch
-    rows = nets.blending(batch.S_face[:, start:], batch.S_color[:, start:], batch.target_face, batch.hair_color,
-                         batch.S_shape[:, start:] if arch.uses_shape_latent else None,
-                         batch.hair_shape if arch.uses_shape_embed else None)
+    (always run, as the official code), rendered from ``F_align``. ``embeds``: the CLIP embeddings of
+    :func:`clip_images` (``[B,512]`` each) when computed elsewhere (cached); else one CLIP pass here, as the
+    official model's forward."""
+    encoder = nets.blending
+    start = batch.S_face.shape[1] - encoder.config.rows
+    if embeds is None:
+        images = clip_images(nets, batch)
+        embeds = encoder.get_image_embed(torch.cat(images)).chunk(len(images))
+    e_face, e_color, *e_shape = embeds
+    rows = encoder.blend_embeds(batch.S_face[:, start:], batch.S_color[:, start:], e_face, e_color,
+                                batch.S_shape[:, start:] if encoder.arch.uses_shape_latent else None,
+                                e_shape[0] if e_shape else None)
     S_blend = torch.cat([batch.S_face[:, :start], rows], dim=1)
     gen = nets.generator
     image = gen.synthesis(S_blend, start_layer=4, layer_in=batch.F_align, noise=gan_noise(gen, items, 4)).rgb
@@ -405,20 +423,42 @@ class Final:
     image: Tensor  # [B,3,size,size] in [0, 1]
 
 
-@torch.no_grad()
-def postprocess_face_codes(nets: HairFastNets, face_norm_256: Tensor) -> tuple[Tensor, Tensor]:
-    """The post-processing encoder's ``(styles, content)`` of face images: per image, so cacheable."""
-    return nets.postprocess.encode(face_norm_256)
+@dataclass
+class FaceCodes:
+    """What the post-processing stage computes from the face image alone (per image, so cacheable): the encoder's
+    ``styles`` [B,n,512] and ``content`` [B,512,64,64], and the face's share of ``to_feature``'s first convolution
+    ``feature_part`` [B,1024,64,64]."""
+
+    styles: Tensor
+    content: Tensor
+    feature_part: Tensor
+
+    FIELDS = ("styles", "content", "feature_part")
+
+    @staticmethod
+    def cat(parts: Sequence[FaceCodes]) -> FaceCodes:
+        return FaceCodes(*(torch.cat([getattr(p, f) for p in parts]) for f in FaceCodes.FIELDS))
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f: getattr(self, f) for f in self.FIELDS}
 
 
 @torch.no_grad()
-def post_process(nets: HairFastNets, face_codes: tuple[Tensor, Tensor], blend_image: Tensor,
+def postprocess_face_codes(nets: HairFastNets, face_norm_256: Tensor) -> FaceCodes:
+    """The post-processing stage's work on face images (:class:`FaceCodes`)."""
+    styles, content = nets.postprocess.encode(face_norm_256)
+    return FaceCodes(styles, content, nets.postprocess.face_feature_part(content))
+
+
+@torch.no_grad()
+def post_process(nets: HairFastNets, face: FaceCodes, blend_image: Tensor,
                  items: Sequence[torch.Generator | None]) -> Final:
     """Post-processing encoders on (face, ``I_blend`` bicubic-downsampled to 256), render from stage 5. The face's
-    encoder pass comes in as ``face_codes`` (:func:`postprocess_face_codes`); the official code encodes face and
-    blend in one batch of two, which differs from separate passes by float rounding only."""
+    share comes in as ``face`` (:func:`postprocess_face_codes`); the official code encodes face and blend in one
+    batch of two and runs ``to_feature``'s first convolution on both at once, which differs from the split form by
+    float rounding only."""
     blend_codes = nets.postprocess.encode(downsample_to(blend_image, MASK_SIZE))
-    S_final, F_final = nets.postprocess.combine(face_codes, blend_codes)
+    S_final, F_final = nets.postprocess.combine((face.styles, face.content), blend_codes, face.feature_part)
     gen = nets.generator
     image = gen.synthesis(S_final, start_layer=5, layer_in=F_final, noise=gan_noise(gen, items, 5)).rgb
     return Final(S_final, F_final, ((image + 1) / 2).clamp(0, 1))
