@@ -43,7 +43,9 @@ class HairFlashParams:
     noise: Literal["seeded", "buffers"] = "seeded"
     seed: int = 3407
     cache: bool = True  # per-image embeddings and per-pair alignment results, in memory and on disk
-    cache_entries: int = 64  # in-memory LRU capacity per result kind
+    # in-memory LRU capacity per result kind (entries up to ~24 MB, the face's post-processing work: at most
+    # ~2.2 GB over all kinds at 64, on the device)
+    cache_entries: int = 64
     triplet_batch: int = 1  # triplets handed to one transfer_batch call by the runner
     clip_precision: Literal["fp16_weights", "fp16", "fp32"] = "fp16_weights"
     save_intermediates: bool = False
