@@ -10,12 +10,9 @@ Key names follow the official modules, so the released files load unchanged:
 * :class:`PostProcessModel` (``PostProcess/pp_model.pth`` = ``{'model_state_dict', 'D', 'cur_iter'}``, plus
   ``PostProcess/latent_avg.pt``): re-encodes face and blend image into the final S [B,18,512] and F [B,512,64,64].
 
-Shared pieces. ``pixel_norm_rows``: StyleGAN2's PixelNorm applied to ``[B, rows, 512]`` with ``dim=1``, so it
-normalises over the *rows*, not the channels: ``x * rsqrt(mean_rows(x^2) + 1e-8)``. :class:`ModulationModule`:
-``x = LayerNorm_[rows,512](fc(x))`` (no affine, eps 1e-5), ``out = x * (1 + gamma(c)) + beta(c)`` with
-``gamma``/``beta`` = ``Linear(cond, middle) -> LayerNorm(middle) -> LeakyReLU(0.01) -> Linear(middle, 512)`` applied
-row-wise to the conditioning ``c``; a LeakyReLU(0.01) follows every module but the last. Each model runs five
-modules and returns ``base + 0.1 * dt`` (PostProcess: ``latent_avg + 0.1 * (dt_face + dt_blend)``).
+Shared pieces (:mod:`methods.nets.modulation`, HairCLIP's mapper family): PixelNorm over the rows, five
+:class:`ModulationModule` per model (a LeakyReLU after every module but the last); each model returns
+``base + 0.1 * dt`` (PostProcess: ``latent_avg + 0.1 * (dt_face + dt_blend)``).
 
 Blending variants (report section 8; only the official one has released weights and a parity fixture). The
 conditioning is ``cat(latents..., CLIP embeddings...)`` per row; :class:`BlendingConfig` gives its parts as
@@ -28,7 +25,6 @@ conditioning is ``cat(latents..., CLIP embeddings...)`` per row; :class:`Blendin
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +48,21 @@ from methods.hairflash.iresnet import (
     latent_avg_from,
 )
 from methods.nets import clip as clip_net
+from methods.nets import modulation
 from methods.nets.clip import CLIP, CLIP_MEAN, CLIP_STD, ClipConfig, Precision
+from methods.nets.clip import init_scale_fill_recipe as clip_fill_recipe
+from methods.nets.modulation import (  # noqa: F401  (re-exported: HairFast's modules import them from here)
+    DT_SCALE,
+    LAYER_NORM_EPS,
+    LEAKY_SLOPE,
+    PIXEL_NORM_EPS,
+    ModulationConfig,
+    ModulationModule,
+    modulate,
+    modulation_mlp,
+    modulation_stack,
+    pixel_norm_rows,
+)
 
 HF_REPO = iresnet.HF_REPO
 CLIP_PREFIX = "clip_model."
@@ -85,68 +95,6 @@ POSTPROCESS_LATENT_AVG = Checkpoint(
     purpose="average latent added to the post-processing encoder's final S",
 )
 CHECKPOINTS = [ROTATE_CHECKPOINT, BLENDING_CHECKPOINT, POSTPROCESS_CHECKPOINT, POSTPROCESS_LATENT_AVG]
-
-LEAKY_SLOPE = 0.01  # torch.nn.LeakyReLU() default, as the official modules use it
-PIXEL_NORM_EPS = 1e-8
-LAYER_NORM_EPS = 1e-5
-DT_SCALE = 0.1
-
-
-# ---------------------------------------------------------------- shared pieces
-
-def pixel_norm_rows(x: Tensor, eps: float = PIXEL_NORM_EPS) -> Tensor:
-    """``x * rsqrt(mean(x^2 over dim 1) + eps)``: for ``[B, rows, 512]`` codes the mean runs over the rows."""
-    return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
-
-
-def modulation_mlp(cond_dim: int, middle: int, out_dim: int) -> nn.Sequential:
-    """``Linear -> LayerNorm -> LeakyReLU(0.01) -> Linear`` (keys ``0``, ``1``, ``3``)."""
-    return nn.Sequential(nn.Linear(cond_dim, middle), nn.LayerNorm(middle, eps=LAYER_NORM_EPS),
-                         nn.LeakyReLU(LEAKY_SLOPE), nn.Linear(middle, out_dim))
-
-
-class ModulationModule(nn.Module):
-    """``LayerNorm_[rows, dim](fc(x)) * (1 + gamma(c)) + beta(c)``, then LeakyReLU(0.01) unless ``last``."""
-
-    def __init__(self, rows: int, last: bool = False, cond_dim: int = 512, middle: int = 512, dim: int = 512):
-        super().__init__()
-        self.rows = rows
-        self.last = last
-        self.fc = nn.Linear(dim, dim)
-        self.gamma_function = modulation_mlp(cond_dim, middle, dim)
-        self.beta_function = modulation_mlp(cond_dim, middle, dim)
-
-    def forward(self, x: Tensor, condition: Tensor) -> Tensor:
-        x = self.fc(x)
-        x = F.layer_norm(x, tuple(x.shape[-2:]), eps=LAYER_NORM_EPS)
-        out = x * (1 + self.gamma_function(condition)) + self.beta_function(condition)
-        return out if self.last else F.leaky_relu(out, LEAKY_SLOPE)
-
-
-@dataclass(frozen=True)
-class ModulationConfig:
-    """A stack of :class:`ModulationModule`: ``rows`` (the official ``layernum``), conditioning width
-    ``cond_dim`` (``inp``), hidden width ``middle``, code width ``dim`` and the number of modules."""
-
-    rows: int
-    cond_dim: int = 512
-    middle: int = 512
-    dim: int = 512
-    n_blocks: int = 5
-
-
-def modulation_stack(config: ModulationConfig) -> nn.ModuleList:
-    return nn.ModuleList(ModulationModule(config.rows, i == config.n_blocks - 1, config.cond_dim, config.middle,
-                                          config.dim) for i in range(config.n_blocks))
-
-
-def modulate(blocks: nn.ModuleList, x: Tensor, condition: Tensor) -> Tensor:
-    """``dt = PixelNorm_rows(x)`` passed through every module with the same conditioning."""
-    dt = pixel_norm_rows(x)
-    for block in blocks:
-        dt = block(dt, condition)
-    return dt
-
 
 def _check_rows(x: Tensor, rows: int, what: str) -> None:
     if x.dim() != 3 or x.shape[1] != rows:
@@ -387,36 +335,6 @@ class PostProcessModel(nn.Module):
 
 # ---------------------------------------------------------------- fill recipe (parity rule, --fill-weights)
 
-_LAYERNORM = re.compile(r"_function\.1\.(weight|bias)$")
-_CLIP_LAYERNORM = re.compile(r"(^|\.)ln_[a-z0-9]+\.(weight|bias)$")
-
-
-def clip_fill_recipe(key: str, shape: tuple[int, ...]) -> dict[str, Any]:
-    """CLIP entries as the ``hairfast_blending`` fixture fills them (keys without ``clip_model.``): CLIP's own
-    init scales (class/positional embedding, ``visual.proj`` and attention ``in_proj_weight`` width^-0.5, text
-    positional embedding 0.01, token embedding 0.02, ``logit_scale`` = ln(1/0.07)); LayerNorm 1 +- 0.1 / 0.1;
-    biases 0.01; other weights ``1/sqrt(fan_in)``. (The ``clip_vitb32`` fixture uses other scales:
-    :func:`methods.nets.clip.fill_recipe`.)"""
-    name = key.rsplit(".", 1)[-1]
-    if key == "logit_scale":
-        return {"kind": "normal", "mean": math.log(1 / 0.07), "std": 0.0}
-    if key == "positional_embedding":
-        return {"kind": "normal", "mean": 0.0, "std": 0.01}
-    if key == "token_embedding.weight":
-        return {"kind": "normal", "mean": 0.0, "std": 0.02}
-    if key in ("visual.class_embedding", "visual.positional_embedding"):
-        return {"kind": "normal", "mean": 0.0, "std": shape[-1] ** -0.5}
-    if key in ("visual.proj", "text_projection"):
-        return {"kind": "normal", "mean": 0.0, "std": shape[0] ** -0.5}
-    if name == "in_proj_weight":
-        return {"kind": "normal", "mean": 0.0, "std": shape[1] ** -0.5}
-    if _CLIP_LAYERNORM.search(key):
-        return {"kind": "normal", "mean": 1.0 if name == "weight" else 0.0, "std": 0.1}
-    if name in ("bias", "in_proj_bias"):
-        return {"kind": "normal", "mean": 0.0, "std": 0.01}
-    return {"kind": "normal", "mean": 0.0, "std": 1.0 / math.sqrt(int(np.prod(shape[1:])))}
-
-
 def fill_recipe(key: str, shape: tuple[int, ...]) -> dict[str, Any]:
     """Fill of one entry of any of the three models, identical to the ``hairfast_rotate``,
     ``hairfast_blending`` and ``hairfast_postprocess`` recipes: linears ``1/sqrt(fan_in)`` with 0.01 biases,
@@ -424,8 +342,8 @@ def fill_recipe(key: str, shape: tuple[int, ...]) -> dict[str, Any]:
     ``to_feature`` entries by :func:`methods.hairflash.iresnet.fill_recipe` (also the extra ``latent_avg``)."""
     if key.startswith(CLIP_PREFIX):
         return clip_fill_recipe(key[len(CLIP_PREFIX):], shape)
-    if _LAYERNORM.search(key):
-        return {"kind": "normal", "mean": 1.0 if key.endswith("weight") else 0.0, "std": 0.1}
+    if modulation.is_layernorm(key):
+        return modulation.fill_recipe(key, shape)
     return iresnet.fill_recipe(key, shape)
 
 

@@ -258,6 +258,35 @@ def round_weights_through_fp16(model: CLIP) -> CLIP:
 
 # ---------------------------------------------------------------- fill recipe (parity rule, --fill-weights)
 
+_CLIP_LAYERNORM = re.compile(r"(^|\.)ln_[a-z0-9]+\.(weight|bias)$")
+
+
+def init_scale_fill_recipe(key: str, shape: tuple[int, ...]) -> dict[str, Any]:
+    """CLIP entries as the ``hairfast_blending`` and ``hairclip_mapper`` fixtures fill them (keys without
+    ``clip_model.``): CLIP's own init scales (class/positional embedding, ``visual.proj`` and attention
+    ``in_proj_weight`` width^-0.5, text positional embedding 0.01, token embedding 0.02, ``logit_scale`` =
+    ln(1/0.07)); LayerNorm 1 +- 0.1 / 0.1; biases 0.01; other weights ``1/sqrt(fan_in)``. (The ``clip_vitb32``
+    fixture uses other scales: :func:`fill_recipe`.)"""
+    name = key.rsplit(".", 1)[-1]
+    if key == "logit_scale":
+        return {"kind": "normal", "mean": math.log(1 / 0.07), "std": 0.0}
+    if key == "positional_embedding":
+        return {"kind": "normal", "mean": 0.0, "std": 0.01}
+    if key == "token_embedding.weight":
+        return {"kind": "normal", "mean": 0.0, "std": 0.02}
+    if key in ("visual.class_embedding", "visual.positional_embedding"):
+        return {"kind": "normal", "mean": 0.0, "std": shape[-1] ** -0.5}
+    if key in ("visual.proj", "text_projection"):
+        return {"kind": "normal", "mean": 0.0, "std": shape[0] ** -0.5}
+    if name == "in_proj_weight":
+        return {"kind": "normal", "mean": 0.0, "std": shape[1] ** -0.5}
+    if _CLIP_LAYERNORM.search(key):
+        return {"kind": "normal", "mean": 1.0 if name == "weight" else 0.0, "std": 0.1}
+    if name in ("bias", "in_proj_bias"):
+        return {"kind": "normal", "mean": 0.0, "std": 0.01}
+    return {"kind": "normal", "mean": 0.0, "std": 1.0 / math.sqrt(int(np.prod(shape[1:])))}
+
+
 def fill_recipe(key: str, shape: tuple[int, ...]) -> dict[str, Any]:
     """Fill of one state-dict entry, identical to the ``clip_vitb32`` fixture's recipe."""
     name = key.rsplit(".", 1)[-1]
