@@ -1,0 +1,117 @@
+"""HairCLIP's mapper: parity (image, text and cut paths), keys and fill rule against the fixture, the released
+``hairclip.pt`` layout (mapper + decoder, fp16 CLIP tensors, sub-mappers from ``opts``), registration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import load_fixture
+
+from harness.parity import check
+from harness.weights import WeightStore
+from methods.nets import hairclip, stylegan2
+from methods.nets.clip import ClipConfig, fp16_parameter_names
+from methods.nets.hairclip import HairMapper, MapperConfig, edit, fill_recipe, load_hairclip
+
+TINY_CLIP = ClipConfig(embed_dim=512, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
+                       context_length=8, vocab_size=16, transformer_width=32, transformer_heads=2, transformer_layers=1)
+
+
+@pytest.fixture(scope="module")
+def fixture():
+    return load_fixture("hairclip_mapper")
+
+
+def test_parity(fixture):
+    results = list(check(fixture, hairclip.parity_adapter))
+    assert [r.case for r in results] == ["both_image", "color_only_image", "hairstyle_only_image", "both_text"]
+    for r in results:
+        assert r.ok, r.line()
+    details = {r.case: set(r.details) for r in results}
+    assert details["both_text"] == {"mapper_out", "w_hat", "hairstyle_embedding", "color_embedding"}
+    assert details["color_only_image"] == {"mapper_out", "w_hat", "color_embedding"}
+
+
+def test_keys_and_fill_rule_match_the_fixture(fixture):
+    model = HairMapper()
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == \
+        {e["key"]: tuple(e["shape"]) for e in fixture.spec["state_dict"]}
+    decoder = stylegan2.Generator(1024, 512, 8, 2)
+    ours = {f"mapper.{k}" for k in model.state_dict()} | {f"decoder.{k}" for k in decoder.state_dict()}
+    assert ours == {entry[0] for entry in fixture.spec["full_config_keys"]}
+    # the float16 tensors of the released file are the ones clip.load converts
+    fp16 = {entry[0] for entry in fixture.spec["full_config_keys"] if entry[2] == "float16"}
+    assert fp16 == {f"mapper.clip_model.{k}" for k in fp16_parameter_names(model.clip_model)}
+    for entry in fixture.spec["state_dict"]:
+        ours, want = fill_recipe(entry["key"], tuple(entry["shape"])), entry["fill"]
+        assert ours["kind"] == want["kind"] == "normal", entry["key"]
+        # the spec stores logit_scale's ln(1/0.07) rounded to float32
+        assert ours["mean"] == pytest.approx(want["mean"], rel=1e-7, abs=1e-12), entry["key"]
+        assert ours["std"] == pytest.approx(want["std"], rel=1e-12, abs=1e-12), entry["key"]
+
+
+def test_cut_paths_and_missing_sub_mappers():
+    torch.manual_seed(0)
+    mapper, _ = load_hairclip(WeightStore(fill=True), clip=TINY_CLIP)
+    w = torch.randn(2, 18, 512)
+    color = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        out = mapper(w, color_image=color)
+        alone = mapper.map(w, None, mapper.image_embedding(color))
+        # the cut path still moves rows 0-7 (fc + LayerNorm chain), and only the colour conditions rows 8-17
+        assert torch.equal(out, alone) and out[:, :8].abs().min() > 0
+        other = mapper(w, color_image=-color)
+        assert torch.equal(out[:, :8], other[:, :8]) and not torch.allclose(out[:, 8:], other[:, 8:])
+        # text wins over an image for the same attribute
+        tokens = torch.randint(0, 16, (2, 8))
+        assert torch.equal(mapper(w, color_text=tokens, color_image=color), mapper(w, color_text=tokens))
+        no_fine = HairMapper(MapperConfig(fine=False, clip=TINY_CLIP))
+        no_fine.load_state_dict({k: v for k, v in mapper.state_dict().items() if not k.startswith("fine_")})
+        cut = no_fine.eval()(w, color_image=color)
+        assert not hasattr(no_fine, "fine_mapping") and not cut[:, 8:].any() and torch.equal(cut[:, :8], out[:, :8])
+    assert torch.equal(edit(w, out), w + 0.1 * out)
+
+
+def test_released_file_layout_loads(tmp_path):
+    """``hairclip.pt`` as the official code saves it: both parts prefixed, CLIP tensors partly float16, the
+    TorchScript-only CLIP entries, ``opts`` with a sub-mapper switched off."""
+    torch.manual_seed(1)
+    filled, _ = load_hairclip(WeightStore(fill=True), clip=TINY_CLIP)
+    mapper = HairMapper(MapperConfig(medium=False, clip=TINY_CLIP)).eval()
+    mapper.load_state_dict({k: v for k, v in filled.state_dict().items() if not k.startswith("medium_")})
+    decoder = stylegan2.Generator(1024, 512, 8, 2).eval()
+    fp16 = set(fp16_parameter_names(mapper.clip_model))
+    state = {f"mapper.{k}": (v.half() if k.removeprefix("clip_model.") in fp16 else v)
+             for k, v in mapper.state_dict().items()}
+    state |= {f"decoder.{k}": v for k, v in decoder.state_dict().items()}
+    state["mapper.clip_model.input_resolution"] = torch.tensor(32)
+    opts = {"no_coarse_mapper": False, "no_medium_mapper": True, "no_fine_mapper": False, "stylegan_size": 1024}
+    torch.save({"state_dict": state, "opts": opts}, tmp_path / "hairclip.pt")
+    loaded, loaded_decoder = load_hairclip(WeightStore(weights_dir=tmp_path), clip=TINY_CLIP)
+    assert not hasattr(loaded, "medium_mapping") and not loaded.training
+    for key, value in loaded.state_dict().items():
+        want = state[f"mapper.{key}"].float()
+        assert torch.equal(value, want), key
+    assert all(torch.equal(v, state[f"decoder.{k}"]) for k, v in loaded_decoder.state_dict().items())
+    w, color = torch.randn(1, 18, 512), torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        mapper.clip_model.load_state_dict({k: v.half().float() if k in fp16 else v
+                                           for k, v in mapper.clip_model.state_dict().items()})
+        out = loaded(w, color_image=color)
+        assert torch.equal(out, mapper(w, color_image=color)) and loaded.image_embedding(color).abs().min() > 0
+
+
+def test_filled_weights_and_refusal(tmp_path):
+    first, decoder = load_hairclip(WeightStore(fill=True), clip=TINY_CLIP)
+    again, _ = load_hairclip(WeightStore(fill=True), clip=TINY_CLIP)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in first.state_dict().items())
+    assert first.course_mapping.modulation_module_list[0].fc.weight.std() > 0 and decoder.size == 1024
+    with pytest.raises(Exception, match="hairclip.pt"):
+        load_hairclip(WeightStore(weights_dir=tmp_path), clip=TINY_CLIP)
+
+
+def test_registered_with_the_harness():
+    from harness import plugins
+
+    assert plugins.parity_adapters().get("hairclip_mapper") is hairclip.parity_adapter
+    assert any(c.key == "hairclip" and c.filename == "hairclip.pt" for c in plugins.extra_checkpoints())
