@@ -1,15 +1,21 @@
-"""HairCLIP's mapper: parity (image, text and cut paths), keys and fill rule against the fixture, the released
-``hairclip.pt`` layout (mapper + decoder, fp16 CLIP tensors, sub-mappers from ``opts``), registration."""
+"""HairCLIP: the mapper's parity (image, text and cut paths), keys and fill rule against the fixture, the released
+``hairclip.pt`` layout (mapper + decoder, fp16 CLIP tensors, sub-mappers from ``opts``); the UNet hair parser's
+keys and file; the ``hairclip`` method with filled weights and through the CLI; registration."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
-from conftest import load_fixture
+from conftest import load_fixture, run_harness
+from PIL import Image
 
 from harness.parity import check
 from harness.weights import WeightStore
-from methods.nets import hairclip, stylegan2
+from methods.hairclip.method import HairCLIP, to_signed_tensor
+from methods.nets import hairclip, stylegan2, unet_parser
 from methods.nets.clip import ClipConfig, fp16_parameter_names
 from methods.nets.hairclip import HairMapper, MapperConfig, edit, fill_recipe, load_hairclip
 
@@ -115,3 +121,75 @@ def test_registered_with_the_harness():
 
     assert plugins.parity_adapters().get("hairclip_mapper") is hairclip.parity_adapter
     assert any(c.key == "hairclip" and c.filename == "hairclip.pt" for c in plugins.extra_checkpoints())
+
+
+# ---------------------------------------------------------------- hair parser and method
+
+def test_unet_parser_keys_file_and_hair_mask(fixture, tmp_path):
+    parser = unet_parser.UNetParser()
+    assert {k: tuple(v.shape) for k, v in parser.state_dict().items()} == \
+        {entry[0]: tuple(entry[1]) for entry in fixture.spec["aux_parsenet_keys"]}
+    filled = unet_parser.load_parser(WeightStore(fill=True))
+    # a file saved from DataParallel (module. prefix) loads into the same tensors
+    torch.save({f"module.{k}": v for k, v in filled.state_dict().items()}, tmp_path / "parsenet.pth")
+    loaded = unet_parser.load_parser(WeightStore(weights_dir=tmp_path))
+    assert all(torch.equal(v, filled.state_dict()[k]) for k, v in loaded.state_dict().items())
+    image = torch.rand(2, 3, 1024, 1024) * 2 - 1
+    with torch.no_grad():
+        mask = unet_parser.hair_mask(loaded, image)
+        labels = loaded(torch.nn.functional.adaptive_avg_pool2d(image, 512)).argmax(1, keepdim=True)
+    assert mask.shape == (2, 1, 1024, 1024) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    # nearest 2x replication of the 512 decision (class 13 = hair)
+    assert torch.equal(mask[:, :, ::2, ::2], (labels == 13).float()) and torch.equal(mask[:, :, 1::2, 1::2],
+                                                                                       mask[:, :, ::2, ::2])
+
+
+def portrait(seed: int, size: int = 256) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB")
+
+
+@pytest.fixture(scope="module")
+def filled_method() -> HairCLIP:
+    method = HairCLIP()
+    method.setup(torch.device("cpu"), WeightStore(fill=True))
+    return method
+
+
+def test_method_with_filled_weights(filled_method):
+    face, shape, color = portrait(0), portrait(1), portrait(2)
+    out = filled_method.transfer(face, shape, color)
+    assert out.size == face.size and out.mode == "RGB" and np.asarray(out).std() > 0
+    assert np.array_equal(np.asarray(out), np.asarray(filled_method.transfer(face, shape, color)))  # buffers noise
+    assert filled_method.invert(face).shape == (1, 18, 512)
+    # the references enter through their hair masks: with the parser's hair logit pushed up (all hair) the colour
+    # image changes the result; pushed down (no hair anywhere) neither reference matters
+    bias = filled_method.parser.final.bias
+    saved = bias.clone()
+    try:
+        bias[unet_parser.HAIR] = 1e4
+        all_hair = [filled_method.transfer(face, shape, c) for c in (color, portrait(3))]
+        assert torch.equal(filled_method.hair_only(color), to_signed_tensor(color, 1024, Image.Resampling.LANCZOS))
+        assert not np.array_equal(np.asarray(all_hair[0]), np.asarray(all_hair[1]))
+        bias[unet_parser.HAIR] = -1e4
+        assert not filled_method.hair_only(color).any()
+        no_hair = [filled_method.transfer(face, s, c) for s, c in ((shape, color), (portrait(4), portrait(3)))]
+        assert np.array_equal(np.asarray(no_hair[0]), np.asarray(no_hair[1]))
+    finally:
+        bias.copy_(saved)
+
+
+def test_cli_runs_and_refuses_without_weights(tmp_path):
+    proc = run_harness("run", "--methods", "hairclip", "--protocol", "smoke", "--limit", "1", "--out",
+                       str(tmp_path / "refused"), check=False, env={"HARNESS_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 2, proc.stderr
+    assert all(name in proc.stdout + proc.stderr for name in ("hairclip.pt", "e4e_ffhq_encode.pt", "parsenet.pth"))
+    out = tmp_path / "run"
+    run_harness("run", "--methods", "hairclip", "--protocol", "smoke", "--fill-weights", "--limit", "1", "--out",
+                str(out), env={"HARNESS_CACHE": str(tmp_path / "cache")}, timeout=900)
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines() if line.strip()]
+    assert len(records) == 5 and all(r["status"] == "ok" for r in records), records
+    assert all(set(r["stages"]) == {"inversion", "mapping", "rendering"} for r in records)
+    for r in records:
+        with Image.open(out / r["output"]) as image:
+            assert image.mode == "RGB" and np.asarray(image).std() > 0

@@ -1,0 +1,1 @@
+"""The ``hairclip`` method: HairCLIP (wty-ustc/HairCLIP) with reference images."""
