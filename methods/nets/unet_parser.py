@@ -15,7 +15,6 @@ normalisation), argmax over the classes == 13, nearest upsampling back to the im
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -105,29 +104,13 @@ def hair_mask(parser: UNetParser, image: Tensor) -> Tensor:
     return F.interpolate(mask, size=image.shape[-2:], mode="nearest")
 
 
-def fill_recipe(key: str, shape: tuple[int, ...]) -> dict[str, Any]:
-    """Fill for ``--fill-weights`` (no fixture states one): weights ``1/sqrt(fan_in)``, biases 0.01, BatchNorm
-    weight 1 +- 0.1, running mean 0 +- 0.1, running var 1."""
-    name = key.rsplit(".", 1)[-1]
-    if name == "num_batches_tracked":
-        return {"kind": "int_zero"}
-    if name == "running_var":
-        return {"kind": "normal", "mean": 1.0, "std": 0.0}
-    if name == "running_mean":
-        return {"kind": "normal", "mean": 0.0, "std": 0.1}
-    if len(shape) == 1 and name == "weight":
-        return {"kind": "normal", "mean": 1.0, "std": 0.1}
-    if name == "bias":
-        return {"kind": "normal", "mean": 0.0, "std": 0.01}
-    return {"kind": "normal", "mean": 0.0, "std": 1.0 / math.sqrt(math.prod(shape[1:]))}
-
-
 def parser_state_dict(obj: dict[str, Any]) -> dict[str, Any]:
     """A saved parser's entries (a ``module.`` prefix from DataParallel dropped)."""
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
 def load_parser(weights, device: str | torch.device = "cpu") -> UNetParser:
+    """The parser from ``parsenet.pth`` (strict), or filled by the generic rule; eval, no grad."""
     parser = UNetParser()
-    weights.load_network(parser, CHECKPOINT, extract=parser_state_dict, recipe=fill_recipe)
+    weights.load_network(parser, CHECKPOINT, extract=parser_state_dict)  # filled: the generic rule
     return parser.to(device).eval().requires_grad_(False)
