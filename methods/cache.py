@@ -1,4 +1,5 @@
-"""Content-keyed on-disk store of per-image (and per-pair) results, shared by the methods' stage caches.
+"""Content-keyed stores of per-image (and per-pair) results shared by the methods: :class:`NpzStore` on disk,
+:class:`StageCache` (an in-memory LRU of tensors in front of it).
 
 Entries are ``.npz`` files under ``ROOT/<kind>/<key[:2]>/<key>.npz``, written to a temporary name and renamed
 (:func:`harness.store.atomic_write_bytes`), so several runs, shards and ``--resume`` share one cache and a crash
@@ -15,11 +16,14 @@ import hashlib
 import io
 import json
 import zipfile
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from harness.store import atomic_write_bytes
 from harness.unit import in_warmup
@@ -65,3 +69,55 @@ class NpzStore:
         buffer = io.BytesIO()
         np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
         atomic_write_bytes(self.path(kind, key), buffer.getvalue())
+
+
+class StageCache:
+    """Entries are dicts of tensors: an in-memory LRU of ``capacity`` entries per kind (on the device) in front of an
+    :class:`NpzStore`. ``get(kind, key, device)`` / ``put(kind, key, tensors)``; ``root=None`` keeps memory only,
+    ``enabled=False`` turns both off. ``stats`` counts ``<kind>:memory``, ``<kind>:disk`` hits and
+    ``<kind>:miss``."""
+
+    def __init__(self, root: str | Path | None, capacity: int = 64, enabled: bool = True):
+        self.disk = NpzStore(root)
+        self.root = self.disk.root
+        self.capacity = capacity
+        self.enabled = enabled
+        self.memory: dict[str, OrderedDict[str, dict[str, Tensor]]] = {}
+        self.stats: Counter = Counter()
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.disk.path(kind, key)
+
+    def get(self, kind: str, key: str, device: torch.device | str = "cpu") -> dict[str, Tensor] | None:
+        if not self.enabled:
+            return None
+        lru = self.memory.setdefault(kind, OrderedDict())
+        if key in lru:
+            lru.move_to_end(key)
+            self.stats[f"{kind}:memory"] += 1
+            return dict(lru[key])
+        arrays = self.disk.load(kind, key)
+        if arrays is None:
+            self.stats[f"{kind}:miss"] += 1
+            return None
+        self.stats[f"{kind}:disk"] += 1
+        tensors = {name: torch.from_numpy(value).to(device) for name, value in arrays.items()}
+        self._remember(kind, key, tensors)
+        return dict(tensors)
+
+    def put(self, kind: str, key: str, tensors: Mapping[str, Tensor]) -> None:
+        if not self.enabled or in_warmup():  # a warm-up call must not make the timed calls cheaper
+            return
+        tensors = {name: t.detach() for name, t in tensors.items()}
+        self._remember(kind, key, tensors)
+        self.disk.save(kind, key, {name: t.cpu().numpy() for name, t in tensors.items()})
+
+    def clear_memory(self) -> None:
+        self.memory.clear()
+
+    def _remember(self, kind: str, key: str, tensors: dict[str, Tensor]) -> None:
+        lru = self.memory.setdefault(kind, OrderedDict())
+        lru[key] = tensors
+        lru.move_to_end(key)
+        while len(lru) > self.capacity:
+            lru.popitem(last=False)

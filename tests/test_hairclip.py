@@ -14,7 +14,7 @@ from PIL import Image
 
 from harness.parity import check
 from harness.weights import WeightStore
-from methods.hairclip.method import HairCLIP, to_signed_tensor
+from methods.hairclip.method import HairCLIP, HairCLIPParams, to_signed_tensor
 from methods.nets import hairclip, stylegan2, unet_parser
 from methods.nets.clip import ClipConfig, fp16_parameter_names
 from methods.nets.hairclip import HairMapper, MapperConfig, edit, fill_recipe, load_hairclip
@@ -151,7 +151,7 @@ def portrait(seed: int, size: int = 256) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def filled_method() -> HairCLIP:
-    method = HairCLIP()
+    method = HairCLIP(HairCLIPParams(cache=False))
     method.setup(torch.device("cpu"), WeightStore(fill=True))
     return method
 
@@ -179,6 +179,30 @@ def test_method_with_filled_weights(filled_method):
         bias.copy_(saved)
 
 
+def test_cache_reuses_inversions_and_references(filled_method, tmp_path, monkeypatch):
+    """The five task variants of a triplet: one inversion and three references in all, the same pixels as without
+    the cache; a new instance (another run, --resume) reads them from disk."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    images = [portrait(0), portrait(1), portrait(2)]
+    f = filled_method
+
+    def cached() -> HairCLIP:
+        method = HairCLIP()
+        method.use_networks(f.mapper, f.decoder, f.encoder, f.parser, f.identity)
+        return method
+
+    method = cached()
+    for roles in ((0, 1, 2), (0, 0, 2), (0, 1, 0), (0, 1, 1), (0, 0, 0)):
+        triplet = [images[r] for r in roles]
+        assert np.array_equal(np.asarray(method.transfer(*triplet)), np.asarray(filled_method.transfer(*triplet)))
+    assert (method.stats["inversions_computed"], method.stats["references_computed"]) == (1, 3)
+    assert method.cache.stats["reference:memory"] == 7 and method.cache.stats["inversion:memory"] == 4
+    again = cached()
+    again.transfer(*images)
+    assert again.cache.stats["inversion:disk"] == 1 and again.cache.stats["reference:disk"] == 2
+    assert not again.stats
+
+
 def test_cli_runs_and_refuses_without_weights(tmp_path):
     proc = run_harness("run", "--methods", "hairclip", "--protocol", "smoke", "--limit", "1", "--out",
                        str(tmp_path / "refused"), check=False, env={"HARNESS_CACHE": str(tmp_path / "cache")})
@@ -190,6 +214,9 @@ def test_cli_runs_and_refuses_without_weights(tmp_path):
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines() if line.strip()]
     assert len(records) == 5 and all(r["status"] == "ok" for r in records), records
     assert all(set(r["stages"]) == {"inversion", "mapping", "rendering"} for r in records)
+    # the untimed warm-up call fills no cache: the first timed unit computes; later tasks reuse
+    assert records[0]["extras"]["inversions_computed"] == 1, records[0]["extras"]
+    assert sum(r["extras"].get("inversions_computed", 0) for r in records) == 1
     for r in records:
         with Image.open(out / r["output"]) as image:
             assert image.mode == "RGB" and np.asarray(image).std() > 0

@@ -9,22 +9,32 @@ the hairstyle condition and the colour image's hair as the colour condition; ``w
 rendered by the decoder stored in ``hairclip.pt`` with its noise buffers (``randomize_noise=False``, truncation 1)
 and saved as ``save_image`` does ((x + 1) / 2, rounded); the result is resized back to the face image's size.
 
-Weights: ``hairclip.pt`` (mapper + decoder), ``e4e_ffhq_encode.pt``, ``parsenet.pth``. Not cached: one call is one
-e4e pass, one parser pass per reference, two CLIP passes and one render.
+Weights: ``hairclip.pt`` (mapper + decoder), ``e4e_ffhq_encode.pt``, ``parsenet.pth``.
+
+Cached by content (:class:`HairCLIPParams`; in memory and on disk under ``cache_dir()/hairclip``, shared by runs,
+shards and ``--resume``): the face's e4e inversion, and each reference image's hair embedding (CLIP of the
+parser-masked image), so a triplet costs at most one inversion, two references and one render, and the five task
+variants reuse them. Keys hold the resized pixels and the weights' identity. Work counts and cache hits go to each
+unit's record.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 
+from harness import unit
 from harness.method import Checkpoint, Method
 from harness.timing import stages
-from harness.weights import WeightStore
+from harness.weights import WeightStore, cache_dir
+from methods.cache import StageCache, image_key
+from methods.cache import cache_key as versioned_key
 from methods.nets import e4e, hairclip, unet_parser
 from methods.nets.e4e import E4EConfig
 
@@ -32,13 +42,34 @@ SIZE = 1024
 E4E_SIZE = 256
 
 
-def to_signed_tensor(image: Image.Image, size: int, resample: Image.Resampling) -> torch.Tensor:
-    """RGB PIL resized to ``size`` -> ``[1,3,size,size]`` in [-1, 1] (``ToTensor`` then mean/std 0.5)."""
+CACHE_VERSION = 1  # bump when a cached result's computation changes
+
+
+@dataclass(frozen=True)
+class HairCLIPParams:
+    """``cache``: cache the inversions and reference embeddings (see the module docstring); ``cache_entries``:
+    in-memory LRU entries per kind (an entry is at most 36 kB)."""
+
+    cache: bool = True
+    cache_entries: int = 256
+
+
+def resized_pixels(image: Image.Image, size: int, resample: Image.Resampling) -> np.ndarray:
+    """RGB pixels ``[size,size,3]`` (uint8) of ``image`` resized to ``size``."""
     rgb = image.convert("RGB")
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), resample)
-    x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
-    return x.sub(0.5).div(0.5)[None]
+    return np.array(rgb, dtype=np.uint8)
+
+
+def signed_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 ``[H,W,3]`` -> ``[1,3,H,W]`` in [-1, 1] (``ToTensor`` then mean/std 0.5)."""
+    return torch.from_numpy(pixels).permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)[None]
+
+
+def to_signed_tensor(image: Image.Image, size: int, resample: Image.Resampling) -> torch.Tensor:
+    """RGB PIL resized to ``size`` -> ``[1,3,size,size]`` in [-1, 1]."""
+    return signed_tensor(resized_pixels(image, size, resample))
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -53,19 +84,39 @@ class HairCLIP(Method):
     name: ClassVar[str] = "hairclip"
     description: ClassVar[str] = ("HairCLIP (wty-ustc/HairCLIP): e4e inversion, latent mapper conditioned on CLIP "
                                   "embeddings of shape's and color's hair, StyleGAN2 1024 render; one forward pass")
+    Params: ClassVar[type] = HairCLIPParams
 
     def checkpoints(self) -> Sequence[Checkpoint]:
         return (hairclip.CHECKPOINT, e4e.CHECKPOINT, unet_parser.CHECKPOINT)
 
     def setup(self, device, weights: WeightStore) -> None:
-        self.mapper, self.decoder = hairclip.load_hairclip(weights, device)
-        self.encoder, _ = e4e.load_e4e(weights, device, E4EConfig(stylegan_size=SIZE))
-        self.parser = unet_parser.load_parser(weights, device)
-        self.device = torch.device(device)
+        mapper, decoder = hairclip.load_hairclip(weights, device)
+        encoder, _ = e4e.load_e4e(weights, device, E4EConfig(stylegan_size=SIZE))
+        identity = {"inversion": weights.identity(e4e.CHECKPOINT),
+                    "reference": [weights.identity(unet_parser.CHECKPOINT), weights.identity(hairclip.CHECKPOINT)]}
+        self.use_networks(mapper, decoder, encoder, unet_parser.load_parser(weights, device), identity)
+
+    def use_networks(self, mapper, decoder, encoder, parser, identity: dict) -> None:
+        """Run on these networks (on one device); ``identity`` (``inversion``: the e4e file's, ``reference``: the
+        parser's and ``hairclip.pt``'s) goes into the cache keys."""
+        self.mapper, self.decoder, self.encoder, self.parser = mapper, decoder, encoder, parser
+        self.device = decoder.input.input.device
+        self.identity = identity
+        self.cache = StageCache(cache_dir() / "hairclip", self.params.cache_entries, enabled=self.params.cache)
+        self.stats: Counter = Counter()
 
     def teardown(self) -> None:
-        for name in ("mapper", "decoder", "encoder", "parser"):
+        for name in ("mapper", "decoder", "encoder", "parser", "cache"):
             self.__dict__.pop(name, None)
+
+    def _cached(self, kind: str, key: str, compute) -> torch.Tensor:
+        hit = self.cache.get(kind, key, self.device)
+        if hit is not None:
+            return hit["value"]
+        value = compute()
+        self.cache.put(kind, key, {"value": value})
+        self.stats[f"{kind}s_computed"] += 1
+        return value
 
     @torch.no_grad()
     def hair_only(self, image: Image.Image) -> torch.Tensor:
@@ -74,18 +125,34 @@ class HairCLIP(Method):
         return x * unet_parser.hair_mask(self.parser, x)
 
     @torch.no_grad()
+    def reference_embedding(self, image: Image.Image) -> torch.Tensor:
+        """CLIP embedding [1,512] of the reference image's hair (cached by content)."""
+        pixels = resized_pixels(image, SIZE, Image.Resampling.LANCZOS)
+        key = versioned_key(CACHE_VERSION, "reference", image_key(pixels), self.identity["reference"])
+
+        def compute() -> torch.Tensor:
+            x = signed_tensor(pixels).to(self.device)
+            return self.mapper.image_embedding(x * unet_parser.hair_mask(self.parser, x))
+
+        return self._cached("reference", key, compute)
+
+    @torch.no_grad()
     def invert(self, face: Image.Image) -> torch.Tensor:
-        """e4e W+ [1,18,512] of the face image."""
-        return self.encoder.encode(to_signed_tensor(face, E4E_SIZE, Image.Resampling.BILINEAR).to(self.device))
+        """e4e W+ [1,18,512] of the face image (cached by content)."""
+        pixels = resized_pixels(face, E4E_SIZE, Image.Resampling.BILINEAR)
+        key = versioned_key(CACHE_VERSION, "inversion", image_key(pixels), self.identity["inversion"])
+        return self._cached("inversion", key, lambda: self.encoder.encode(signed_tensor(pixels).to(self.device)))
 
     @torch.no_grad()
     def transfer(self, face: Image.Image, shape: Image.Image, color: Image.Image) -> Image.Image:
+        before = Counter(self.stats) + Counter(self.cache.stats)
         with stages("inversion"):
             w = self.invert(face)
         with stages("mapping"):
-            out = self.mapper(w, hairstyle_image=self.hair_only(shape), color_image=self.hair_only(color))
+            out = self.mapper.map(w, self.reference_embedding(shape), self.reference_embedding(color))
             w_hat = hairclip.edit(w, out)
         with stages("rendering"):
             image = self.decoder.synthesis(w_hat, noise="buffers").rgb
+        unit.note(**(Counter(self.stats) + Counter(self.cache.stats) - before))
         result = to_pil(image[0])
         return result if result.size == face.size else result.resize(face.size, Image.Resampling.LANCZOS)
