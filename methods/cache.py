@@ -17,7 +17,7 @@ import io
 import json
 import zipfile
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,18 @@ class StageCache:
         tensors = {name: t.detach() for name, t in tensors.items()}
         self._remember(kind, key, tensors)
         self.disk.save(kind, key, {name: t.cpu().numpy() for name, t in tensors.items()})
+
+    def get_or_compute(self, kind: str, key: str | None, compute: Callable[[], Mapping[str, Tensor]],
+                       device: torch.device | str = "cpu") -> tuple[dict[str, Tensor], bool]:
+        """``(entry, computed)``: the entry under ``key``, else ``compute()`` stored under it (``key=None``: computed
+        and not stored)."""
+        hit = None if key is None else self.get(kind, key, device)
+        if hit is not None:
+            return hit, False
+        entry = dict(compute())
+        if key is not None:
+            self.put(kind, key, entry)
+        return entry, True
 
     def clear_memory(self) -> None:
         self.memory.clear()

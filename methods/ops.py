@@ -1,4 +1,4 @@
-"""Image and mask operations shared by the HairFast (``hairflash``) and Barbershop method plugins.
+"""Image and mask operations shared by the method plugins (HairFast ``hairflash``, Barbershop, HairCLIP).
 
 All functions are pure, vectorised over leading (batch/channel) dimensions and device-agnostic.
 
@@ -9,6 +9,7 @@ All functions are pure, vectorised over leading (batch/channel) dimensions and d
   channel count. One implementation lives in :mod:`methods.nets.bisenet` (the face parser's preprocessing) and
   is re-exported here.
 * :func:`dilate_erode`: HairFast's ``DilateErosion.mask``.
+* :func:`tensor_to_pil`: a [0, 1] image to PIL, rounded as torchvision's ``save_image``.
 * :data:`BISENET19_TO_CELEBAMASKHQ`, :func:`bisenet_to_celeba`: HairFast's renaming of BiSeNet-19 ids to the
   CelebAMask-HQ order of CtrlHair (hair 17 -> 13).
 * :func:`resize_labels`, :func:`hair_mask`: nearest resizing of label maps and hair masks (512 -> 256 keeps
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from harness.parity import Fixture
@@ -53,6 +55,12 @@ __all__ = [
 HAIR_MASK_SIZE = 256
 # The 3x3 plus-shaped structuring element of DilateErosion.
 PLUS_KERNEL = ((0.0, 1.0, 0.0), (1.0, 1.0, 1.0), (0.0, 1.0, 0.0))
+
+
+def tensor_to_pil(image: Tensor) -> Image.Image:
+    """``[3,H,W]`` in [0, 1] -> RGB PIL (rounded, as torchvision's ``save_image``)."""
+    x = image.detach().float().clamp(0, 1).mul(255).add(0.5).floor().byte()
+    return Image.fromarray(x.permute(1, 2, 0).cpu().numpy(), "RGB")
 
 
 def dilate_erode(mask: Tensor, n: int = 5) -> tuple[Tensor, Tensor]:

@@ -37,6 +37,7 @@ from methods.cache import StageCache, image_key
 from methods.cache import cache_key as versioned_key
 from methods.nets import e4e, hairclip, unet_parser
 from methods.nets.e4e import E4EConfig
+from methods.ops import tensor_to_pil
 
 SIZE = 1024
 E4E_SIZE = 256
@@ -74,8 +75,7 @@ def to_signed_tensor(image: Image.Image, size: int, resample: Image.Resampling) 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
     """``[3,H,W]`` in [-1, 1] -> RGB PIL as ``torchvision.utils.save_image(normalize=True, value_range=(-1, 1))``."""
-    x = ((image.detach().float().cpu() + 1) / 2).clamp(0, 1).mul(255).add(0.5).floor().byte()
-    return Image.fromarray(x.permute(1, 2, 0).numpy(), "RGB")
+    return tensor_to_pil((image + 1) / 2)
 
 
 class HairCLIP(Method):
@@ -110,31 +110,26 @@ class HairCLIP(Method):
             self.__dict__.pop(name, None)
 
     def _cached(self, kind: str, key: str, compute) -> torch.Tensor:
-        hit = self.cache.get(kind, key, self.device)
-        if hit is not None:
-            return hit["value"]
-        value = compute()
-        self.cache.put(kind, key, {"value": value})
-        self.stats[f"{kind}s_computed"] += 1
-        return value
+        entry, computed = self.cache.get_or_compute(kind, key, lambda: {"value": compute()}, self.device)
+        if computed:
+            self.stats[f"{kind}s_computed"] += 1
+        return entry["value"]
+
+    def _hair_only(self, pixels: np.ndarray) -> torch.Tensor:
+        x = signed_tensor(pixels).to(self.device)
+        return x * unet_parser.hair_mask(self.parser, x)
 
     @torch.no_grad()
     def hair_only(self, image: Image.Image) -> torch.Tensor:
         """The reference image at 1024 in [-1, 1] times its hair mask."""
-        x = to_signed_tensor(image, SIZE, Image.Resampling.LANCZOS).to(self.device)
-        return x * unet_parser.hair_mask(self.parser, x)
+        return self._hair_only(resized_pixels(image, SIZE, Image.Resampling.LANCZOS))
 
     @torch.no_grad()
     def reference_embedding(self, image: Image.Image) -> torch.Tensor:
         """CLIP embedding [1,512] of the reference image's hair (cached by content)."""
         pixels = resized_pixels(image, SIZE, Image.Resampling.LANCZOS)
         key = versioned_key(CACHE_VERSION, "reference", image_key(pixels), self.identity["reference"])
-
-        def compute() -> torch.Tensor:
-            x = signed_tensor(pixels).to(self.device)
-            return self.mapper.image_embedding(x * unet_parser.hair_mask(self.parser, x))
-
-        return self._cached("reference", key, compute)
+        return self._cached("reference", key, lambda: self.mapper.image_embedding(self._hair_only(pixels)))
 
     @torch.no_grad()
     def invert(self, face: Image.Image) -> torch.Tensor:

@@ -106,12 +106,18 @@ class BlendingEncoder(ClipBlendingModel):
                          else modulation_modules(arch, config))
         self.arch = arch
 
+    def clip_inputs(self, target_face: Tensor, hair_color: Tensor, hair_shape: Tensor | None = None
+                    ) -> list[Tensor]:
+        """The masked images this encoder embeds with CLIP, in its order (the shape image's hair only for the
+        shape-aware architectures)."""
+        if self.arch.uses_shape_embed and hair_shape is None:
+            raise ValueError("this blending encoder needs hair_shape (the shape image masked to its hair)")
+        return [target_face, hair_color] + ([hair_shape] if self.arch.uses_shape_embed else [])
+
     def embeds(self, target_face: Tensor, hair_color: Tensor, hair_shape: Tensor | None = None
                ) -> tuple[Tensor, Tensor, Tensor | None]:
         """CLIP embeddings of the masked face / colour (/ shape) images in one CLIP pass."""
-        images = [target_face, hair_color] + ([hair_shape] if self.arch.uses_shape_embed else [])
-        if self.arch.uses_shape_embed and hair_shape is None:
-            raise ValueError("this blending encoder needs hair_shape (the shape image masked to its hair)")
+        images = self.clip_inputs(target_face, hair_color, hair_shape)
         parts = self.get_image_embed(torch.cat(images)).chunk(len(images))
         return parts[0], parts[1], (parts[2] if len(parts) > 2 else None)
 

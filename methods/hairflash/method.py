@@ -52,6 +52,7 @@ from methods.hairflash.checkpoints import OfficialLayout
 from methods.hairflash.params import HairFlashParams
 from methods.hairflash.pipeline import Embedding, HairShape, Inpainting
 from methods.hairflash.variants import DEFAULT_VARIANT, VARIANTS, Variant
+from methods.ops import tensor_to_pil
 
 Pair = tuple[str, str]
 # The weight files whose identity (sha256, or the fill rule) the cached stages depend on, by network name.
@@ -110,12 +111,6 @@ class Finished:
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL -> ``[1,3,H,W]`` float in [0, 1]."""
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)[None]
-
-
-def tensor_to_pil(image: torch.Tensor) -> Image.Image:
-    """``[3,H,W]`` in [0, 1] -> RGB PIL (rounded, as torchvision's ``save_image``)."""
-    x = image.detach().float().clamp(0, 1).mul(255).add(0.5).floor().byte()
-    return Image.fromarray(x.permute(1, 2, 0).cpu().numpy(), "RGB")
 
 
 def _cat(tensors) -> torch.Tensor:
@@ -314,14 +309,15 @@ class HairFlash(Method):
             out += [Finished(batch, j, S_blend[j:j + 1], I_blend[j:j + 1], final) for j in range(len(chunk))]
         return out
 
-    def _clip_embeds(self, batch: pipeline.BlendingBatch, stats: Counter) -> list[torch.Tensor]:
+    def _clip_embeds(self, batch: pipeline.BlendingBatch, stats: Counter
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """CLIP embeddings of the blending encoder's masked images (:func:`pipeline.clip_images`), cached by the
         masked image's content: the face outside any hair depends on the (face, colour) pair only, the colour
         image's hair on the colour image, so task variants and triplets share them. The images not cached go
         through CLIP in one pass in the official order (without a cache: exactly the official call)."""
         groups = pipeline.clip_images(self.nets, batch)
         rows = [image[i:i + 1] for image in groups for i in range(image.shape[0])]
-        identity = self.identity["clip"]
+        identity = self.identity["clip"] if self.cache.enabled else None
         keys = [cache_key("clip", image_key(row.cpu().numpy()), identity) for row in rows] if identity else []
         found: dict[int, torch.Tensor] = {}
         for index, key in enumerate(keys):
@@ -336,23 +332,22 @@ class HairFlash(Method):
                 if identity:
                     self.cache.put("clip", keys[index], {"embed": found[index]})
             stats["clip_images"] += len(todo)
-        return list(_cat(found[i] for i in range(len(rows))).chunk(len(groups)))
+        face, color, *shape = _cat(found[i] for i in range(len(rows))).chunk(len(groups))
+        return face, color, (shape[0] if shape else None)
 
     def _postprocess_face_codes(self, faces: Sequence[str], images: dict[str, InputImage]) -> pipeline.FaceCodes:
         """The post-processing stage's face-only work (:class:`pipeline.FaceCodes`), one image per pass (so that a
         cached and a computed entry are the same numbers), cached per face when the weights' identity is known."""
-        cacheable = self.identity["postprocess_face"] is not None
+        identity = self.identity["postprocess_face"]
         codes: dict[str, pipeline.FaceCodes] = {}
         for face in dict.fromkeys(faces):
-            key = cache_key("postprocess_face", pipeline.FaceCodes.FIELDS, self._embedding_key(face),
-                            self.identity["postprocess_face"])
-            hit = self.cache.get("postprocess_face", key, self.device) if cacheable else None
-            if hit is None:
-                codes[face] = pipeline.postprocess_face_codes(self.nets, images[face].norm_256)
-                if cacheable:
-                    self.cache.put("postprocess_face", key, codes[face].tensors())
-            else:
-                codes[face] = pipeline.FaceCodes(**hit)
+            key = None if identity is None else cache_key("postprocess_face", pipeline.FaceCodes.names(),
+                                                          self._embedding_key(face), identity)
+            entry, _ = self.cache.get_or_compute(
+                "postprocess_face", key,
+                lambda face=face: pipeline.postprocess_face_codes(self.nets, images[face].norm_256).tensors(),
+                self.device)
+            codes[face] = pipeline.FaceCodes(**entry)
         return pipeline.FaceCodes.cat([codes[f] for f in faces])
 
     def _blending_batch(self, roles: Sequence[tuple[str, str, str]], images: dict[str, InputImage],

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import torch
@@ -231,8 +231,27 @@ def hair_of(labels: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------- 1. embedding
 
+class TensorRecord:
+    """A dataclass of tensors sharing a batch axis: its field names, one row, concatenation, the dict form."""
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def __getitem__(self, index: int | slice):
+        index = slice(index, index + 1) if isinstance(index, int) else index
+        return type(self)(*(getattr(self, f)[index] for f in self.names()))
+
+    @classmethod
+    def cat(cls, parts: Sequence):
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in cls.names()))
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f: getattr(self, f) for f in self.names()}
+
+
 @dataclass
-class Embedding:
+class Embedding(TensorRecord):
     """Per-image results of the embedding stage (batch axis first)."""
 
     W: Tensor  # e4e W+ + latent_avg [B,n,512]
@@ -240,19 +259,6 @@ class Embedding:
     F_fs: Tensor  # G(S, 3..3, content) [B,512,32,32]
     F_w: Tensor  # G(W, 0..3) [B,512,32,32]
     labels: Tensor  # BiSeNet labels, CelebAMask-HQ ids [B,1,256,256] (int64)
-
-    FIELDS = ("W", "S", "F_fs", "F_w", "labels")
-
-    def __getitem__(self, index: int | slice) -> Embedding:
-        index = slice(index, index + 1) if isinstance(index, int) else index
-        return Embedding(*(getattr(self, f)[index] for f in self.FIELDS))
-
-    @staticmethod
-    def cat(parts: Sequence[Embedding]) -> Embedding:
-        return Embedding(*(torch.cat([getattr(p, f) for p in parts]) for f in Embedding.FIELDS))
-
-    def tensors(self) -> dict[str, Tensor]:
-        return {f: getattr(self, f) for f in self.FIELDS}
 
 
 @torch.no_grad()
@@ -385,29 +391,24 @@ def blending_batch(S_face: Tensor, S_color: Tensor, S_shape: Tensor, face_norm_2
 
 
 def clip_images(nets: HairFastNets, batch: BlendingBatch) -> list[Tensor]:
-    """The masked images whose CLIP embeddings the blending encoder takes, in its order: the face outside any
-    hair, the colour image's hair (and the shape image's hair for the shape-aware architectures), each
-    ``[B,3,256,256]`` in [-1, 1]."""
-    images = [batch.target_face, batch.hair_color]
-    return images + [batch.hair_shape] if nets.blending.arch.uses_shape_embed else images
+    """The masked images whose CLIP embeddings the blending encoder takes, in its order (``[B,3,256,256]`` in
+    [-1, 1] each): the face outside any hair, the colour image's hair (and the shape image's hair for the
+    shape-aware architectures)."""
+    return nets.blending.clip_inputs(batch.target_face, batch.hair_color, batch.hair_shape)
 
 
 @torch.no_grad()
 def blend(nets: HairFastNets, batch: BlendingBatch, items: Sequence[torch.Generator | None],
-          embeds: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+          embeds: tuple[Tensor, Tensor, Tensor | None] | None = None) -> tuple[Tensor, Tensor]:
     """``(S_blend [B,n,512], I_blend [B,3,size,size] in about [-1, 1])``: S rows 6.. from the blending encoder
-    (always run, as the official code), rendered from ``F_align``. ``embeds``: the CLIP embeddings of
-    :func:`clip_images` (``[B,512]`` each) when computed elsewhere (cached); else one CLIP pass here, as the
-    official model's forward."""
+    (always run, as the official code), rendered from ``F_align``. ``embeds``: the CLIP embeddings ``(face,
+    colour, shape or None)`` of :func:`clip_images` when computed elsewhere (cached); else one CLIP pass here, as
+    the official model's forward."""
     encoder = nets.blending
     start = batch.S_face.shape[1] - encoder.config.rows
-    if embeds is None:
-        images = clip_images(nets, batch)
-        embeds = encoder.get_image_embed(torch.cat(images)).chunk(len(images))
-    e_face, e_color, *e_shape = embeds
+    e_face, e_color, e_shape = embeds or encoder.embeds(*clip_images(nets, batch))
     rows = encoder.blend_embeds(batch.S_face[:, start:], batch.S_color[:, start:], e_face, e_color,
-                                batch.S_shape[:, start:] if encoder.arch.uses_shape_latent else None,
-                                e_shape[0] if e_shape else None)
+                                batch.S_shape[:, start:] if encoder.arch.uses_shape_latent else None, e_shape)
     S_blend = torch.cat([batch.S_face[:, :start], rows], dim=1)
     gen = nets.generator
     image = gen.synthesis(S_blend, start_layer=4, layer_in=batch.F_align, noise=gan_noise(gen, items, 4)).rgb
@@ -424,7 +425,7 @@ class Final:
 
 
 @dataclass
-class FaceCodes:
+class FaceCodes(TensorRecord):
     """What the post-processing stage computes from the face image alone (per image, so cacheable): the encoder's
     ``styles`` [B,n,512] and ``content`` [B,512,64,64], and the face's share of ``to_feature``'s first convolution
     ``feature_part`` [B,1024,64,64]."""
@@ -432,15 +433,6 @@ class FaceCodes:
     styles: Tensor
     content: Tensor
     feature_part: Tensor
-
-    FIELDS = ("styles", "content", "feature_part")
-
-    @staticmethod
-    def cat(parts: Sequence[FaceCodes]) -> FaceCodes:
-        return FaceCodes(*(torch.cat([getattr(p, f) for p in parts]) for f in FaceCodes.FIELDS))
-
-    def tensors(self) -> dict[str, Tensor]:
-        return {f: getattr(self, f) for f in self.FIELDS}
 
 
 @torch.no_grad()
