@@ -53,11 +53,8 @@ DistributedSampler (a per-rank batch of ``--batch-size``); rank 0 writes the fil
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
-import os
-import random
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -75,10 +72,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from harness.datasets import InputError, draw_triplets, image_ids, list_images, load_image, read_triplet_file
-from harness.environment import resolve_device
 from harness.errors import UsageError
 from harness.method import make_params
-from harness.store import atomic_write_bytes, atomic_write_text
+from harness.store import atomic_write_text
 from harness.weights import WeightStore, cache_dir, describe_missing, load_state_dict_into, safe_load
 from methods.cache import NpzStore
 from methods.hairflash import checkpoints as ckpts
@@ -93,6 +89,7 @@ from methods.hairflash.variants import VARIANTS, Variant
 from methods.nets import clip as clip_net
 from methods.nets.clip import ClipConfig
 from methods.nets.stylegan2 import Generator
+from methods.training import SINGLE_PROCESS, DistContext, init_distributed, rng_state, save_torch, set_rng_state
 
 TRAINER_NAME = "hairflash-blending"
 EXIT_USAGE = 2
@@ -372,66 +369,6 @@ class TripletSource:
         return [(by_id[t.face], by_id[t.shape], by_id[t.color]) for t in draw_triplets(ids, m, self.seed)]
 
 
-# ---------------------------------------------------------------- processes
-
-@dataclass(frozen=True)
-class DistContext:
-    """This process's place among the torchrun processes (one process: rank 0 of 1)."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
-
-    def all_gather(self, obj: Any) -> list[Any]:
-        if not self.active:
-            return [obj]
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def broadcast(self, obj: Any) -> Any:
-        if not self.active:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def sum(self, values: Sequence[float]) -> list[float]:
-        if not self.active:
-            return list(values)
-        t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.tolist()
-
-
-def init_distributed(device: str = "auto") -> DistContext:
-    """A :class:`DistContext` from torchrun's environment (``WORLD_SIZE`` > 1 starts the process group: NCCL on
-    ``cuda:LOCAL_RANK``, gloo on CPUs), else the single process on ``device``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    requested = resolve_device(device)
-    if world <= 1:
-        return DistContext(0, 1, requested)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if requested.type == "cuda":
-        requested = torch.device("cuda", local)
-        torch.cuda.set_device(requested)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if requested.type == "cuda" else "gloo")
-    return DistContext(rank, world, requested)
-
-
 # ---------------------------------------------------------------- data preparation
 
 @dataclass
@@ -525,30 +462,6 @@ class WorkFiles:
         return self.root / "dataset.json"
 
 
-def save_torch(obj: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                      "gauss": float(gauss)},
-            "python": random.getstate()}
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    random.setstate(state["python"])
-
-
 def seeded_noise(generator: Generator, noise: pipeline.Noise, keys: Sequence[str], stage: str,
                  *extra: str) -> RenderNoise:
     """Render noise of dataset indices: per record (and ``extra``, e.g. the epoch) from ``noise``."""
@@ -560,7 +473,7 @@ class Trainer:
     """Trains ``encoder``'s modulation modules on ``dataset``; rank 0 writes ``files``."""
 
     def __init__(self, encoder: BlendingEncoder, generator: Generator, dataset: BlendingRecords,
-                 options: TrainOptions, files: WorkFiles, noise: pipeline.Noise, ctx: DistContext = DistContext(),
+                 options: TrainOptions, files: WorkFiles, noise: pipeline.Noise, ctx: DistContext = SINGLE_PROCESS,
                  info: Mapping[str, Any] | None = None, log: Callable[[str], None] = print):
         self.encoder, self.generator, self.dataset = encoder, generator, dataset
         self.options, self.files, self.noise, self.ctx, self.log = options, files, noise, ctx, log
