@@ -34,6 +34,9 @@ class Checkpoint:
     # Where the official repository keeps it, relative to its weights folder (e.g. "Blending/checkpoint.pth"
     # inside HairFast's pretrained_models/), so --weights-dir can point at an unpacked official folder.
     official_path: str = ""
+    # A fixed location tried after the weight directories: a file shipped inside a package (the CycleGAN
+    # translators) or named by a method parameter. Absolute.
+    local_path: str = ""
 
 
 @dataclass(frozen=True)

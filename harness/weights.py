@@ -57,6 +57,8 @@ def describe_missing(checkpoints: Iterable[Checkpoint], searched: Iterable[Path]
     for c in checkpoints:
         size = f", {c.size:,} bytes" if c.size else ""
         lines.append(f"  - {c.filename} ({c.purpose}{size}); official source: {c.source}")
+        if c.local_path:
+            lines.append(f"    not at {c.local_path} either")
         status = store.status(c) if store is not None else None
         if status is not None and status.state == "wrong size":
             lines.append(f"    found {status.path} with {status.size:,} bytes instead: a truncated download or "
@@ -128,6 +130,8 @@ class WeightStore:
             for candidate in candidates:
                 if candidate.is_file():
                     return candidate
+        if ckpt.local_path and Path(ckpt.local_path).is_file():
+            return Path(ckpt.local_path)
         return None
 
     def status(self, ckpt: Checkpoint, verify_hash: bool = False) -> CheckpointStatus:
