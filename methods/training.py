@@ -6,7 +6,8 @@ from __future__ import annotations
 import io
 import os
 import random
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from harness.environment import resolve_device
+from harness.errors import UsageError
 from harness.store import atomic_write_bytes
 
 
@@ -72,6 +74,25 @@ class DistContext:
 
 
 SINGLE_PROCESS = DistContext()
+EXIT_USAGE = 2
+
+
+def run_distributed(body: Callable[[DistContext], int], device: str = "auto") -> int:
+    """A trainer's ``run``: ``body(ctx)`` in this process's torchrun context (the process group is closed after);
+    a :class:`harness.errors.UsageError` prints ``harness: <why>`` and returns 2."""
+    try:
+        ctx = init_distributed(device)
+    except ValueError as exc:
+        print(f"harness: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return body(ctx)
+    except UsageError as exc:
+        print(f"harness: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        if ctx.active and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def init_distributed(device: str = "auto") -> DistContext:

@@ -53,7 +53,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
@@ -72,10 +71,9 @@ from methods.nets.cyclegan import (
     ResnetGenerator,
     init_normal,
 )
-from methods.training import DistContext, init_distributed, rng_state, save_torch, set_rng_state
+from methods.training import DistContext, rng_state, run_distributed, save_torch, set_rng_state
 
 TRAINER_NAME = "cyclegan"
-EXIT_USAGE = 2
 LOSS_NAMES = ("G_A", "G_B", "cycle_A", "cycle_B", "idt_A", "idt_B", "D_A", "D_B")
 
 
@@ -549,19 +547,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train the CycleGAN pairs of the given hair domains (seed 003's objective); one process or torchrun."""
-    try:
-        ctx = init_distributed(args.device)
-    except ValueError as exc:
-        print(f"harness: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        return _run(args, ctx)
-    except UsageError as exc:
-        print(f"harness: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    finally:
-        if ctx.active and dist.is_initialized():
-            dist.destroy_process_group()
+    return run_distributed(lambda ctx: _run(args, ctx), args.device)
 
 
 def _options(args: argparse.Namespace) -> TrainOptions:

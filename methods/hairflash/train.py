@@ -64,7 +64,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
@@ -89,10 +88,16 @@ from methods.hairflash.variants import VARIANTS, Variant
 from methods.nets import clip as clip_net
 from methods.nets.clip import ClipConfig
 from methods.nets.stylegan2 import Generator
-from methods.training import SINGLE_PROCESS, DistContext, init_distributed, rng_state, save_torch, set_rng_state
+from methods.training import (
+    SINGLE_PROCESS,
+    DistContext,
+    rng_state,
+    run_distributed,
+    save_torch,
+    set_rng_state,
+)
 
 TRAINER_NAME = "hairflash-blending"
-EXIT_USAGE = 2
 
 
 RECORD_KIND = "blending_inputs"
@@ -679,19 +684,7 @@ def run(args: argparse.Namespace) -> int:
     """Train the HairFlash blending encoder of a variant (report sections 4.2 and 8): triplets run through the
     pipeline up to blending once (cached), then Adam on the CLIP colour/face losses (+ the variant's shape loss).
     One process, or several under torchrun."""
-    try:
-        ctx = init_distributed(args.device)
-    except ValueError as exc:
-        print(f"harness: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        return _run(args, ctx)
-    except UsageError as exc:
-        print(f"harness: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    finally:
-        if ctx.active and dist.is_initialized():
-            dist.destroy_process_group()
+    return run_distributed(lambda ctx: _run(args, ctx), args.device)
 
 
 def _run(args: argparse.Namespace, ctx: DistContext) -> int:
