@@ -10,7 +10,7 @@ import importlib
 
 from harness.hookspecs import hookimpl
 
-MODULES = ("stylegan2", "bisenet", "lpips", "clip", "e4e", "hairclip", "unet_parser", "cyclegan")
+MODULES = ("stylegan2", "bisenet", "lpips", "clip", "e4e", "hairclip", "unet_parser", "cyclegan", "hairmapper")
 
 
 def _modules():
