@@ -6,6 +6,10 @@ fixed resolution (HairFast and Barbershop work at 1024) resizes internally. Per-
 (label maps, landmarks, synthetic ground-truth specs) is reachable through :func:`harness.annotations.of`, and
 the unit being run (output paths for intermediates, a way to add facts to its record) through
 :func:`harness.unit.current` / :func:`harness.unit.note`.
+
+Text references: a task may give the shape and/or colour role as text (``--shape-text "afro hairstyle"``). Such a
+role reaches ``transfer`` as a :class:`TextPrompt` instead of an image, and only for the roles a method lists in
+``accepts_text``; the runner skips the unit for any other method, with the reason.
 """
 
 from __future__ import annotations
@@ -40,11 +44,27 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class TextPrompt:
+    """A shape or colour role given as text instead of an image, e.g. ``TextPrompt("purple hair")``."""
+
+    text: str
+
+    def __post_init__(self):
+        if not self.text.strip():
+            raise ValueError("a text reference must not be empty")
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
 class NoParams:
     """Parameters of a method that has none."""
 
 
-Triplet = tuple[Image.Image, Image.Image, Image.Image]
+Reference = Image.Image | TextPrompt  # what the shape and colour roles may be
+Triplet = tuple[Image.Image, Reference, Reference]
+TEXT_ROLES = ("shape", "color")
 
 
 class Method:
@@ -57,6 +77,8 @@ class Method:
     default_variant: ClassVar[str | None] = None
     # What the method needs from the dataset: "synthetic" (ground-truth specs) or "labels" (label maps).
     requires: ClassVar[frozenset[str]] = frozenset()
+    # Roles ("shape", "color") this method may be given as a TextPrompt; for a role not listed, text is refused.
+    accepts_text: ClassVar[frozenset[str]] = frozenset()
     # Triplets handed to transfer_batch at once (1: the runner calls transfer).
     batch_size: ClassVar[int] = 1
     # Untimed warm-up calls before timing (None: the protocol's runner.warmup; 0 for methods whose call is too
@@ -83,7 +105,8 @@ class Method:
     def setup(self, device, weights) -> None:
         """Load networks onto ``device`` (a ``torch.device``); ``weights`` is a ``harness.weights.WeightStore``."""
 
-    def transfer(self, face: Image.Image, shape: Image.Image, color: Image.Image) -> Image.Image:
+    def transfer(self, face: Image.Image, shape: Reference, color: Reference) -> Image.Image:
+        """``shape`` / ``color`` are images, or :class:`TextPrompt` for the roles listed in ``accepts_text``."""
         raise NotImplementedError
 
     def teardown(self) -> None:

@@ -18,6 +18,7 @@ Precision (``load_clip(..., precision=)``):
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 import re
@@ -60,6 +61,31 @@ CHECKPOINT = Checkpoint(
 CHECKPOINTS = [CHECKPOINT]
 
 Precision = Literal["fp32", "fp16_weights", "fp16"]
+
+
+def tokenize(texts: str | list[str], context_length: int = 77) -> torch.Tensor:
+    """CLIP BPE token ids ``[len(texts), context_length]`` (int64) as OpenAI's ``clip.tokenize`` gives them:
+    start 49406, the text's tokens (cleaned with ftfy, whitespace collapsed, lower-cased), end 49407, zeros.
+
+    The tokenizer and its vocabulary (``bpe_simple_vocab_16e6.txt.gz``) come from the ``open_clip_torch``
+    package (imported here, lazily: it takes seconds). A text longer than ``context_length - 2`` tokens is refused
+    (OpenAI's default) rather than silently truncated."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    tokenizer = _bpe_tokenizer()
+    rows = torch.zeros(len(texts), context_length, dtype=torch.long)
+    for i, text in enumerate(texts):
+        ids = [tokenizer.sot_token_id, *tokenizer.encode(text), tokenizer.eot_token_id]
+        if len(ids) > context_length:
+            raise ValueError(f"text reference {text!r} is {len(ids) - 2} CLIP tokens; at most {context_length - 2}")
+        rows[i, :len(ids)] = torch.tensor(ids)
+    return rows
+
+
+@functools.cache
+def _bpe_tokenizer() -> Any:
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()
 
 
 @dataclass(frozen=True)
