@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from PIL import Image
 from harness.annotations import Annotations, attach
 from harness.method import Checkpoint
 from harness.weights import WeightStore, filled_state_dict, load_state_dict_into
+from methods import balding
 from methods.hairflash import checkpoints as ckpts
 from methods.hairflash import encoders, iresnet, pipeline, sean, shape_adaptor
 from methods.hairflash.blending import (
@@ -25,7 +27,7 @@ from methods.hairflash.blending import (
     blending_checkpoint_dict,
     load_blending_encoder,
 )
-from methods.hairflash.cache import StageCache, cache_key
+from methods.hairflash.cache import StageCache, cache_key, image_key
 from methods.hairflash.encoders import ClipBlendingModel, PostProcessConfig, PostProcessModel, RotateModel
 from methods.hairflash.iresnet import EncoderConfig, FSEncoder
 from methods.hairflash.method import NETWORK_CHECKPOINTS, HairFlash
@@ -33,7 +35,7 @@ from methods.hairflash.params import HairFlashParams
 from methods.hairflash.sean import SeanConfig, SEANGenerator
 from methods.hairflash.shape_adaptor import ShapeAdaptor, ShapeAdaptorConfig
 from methods.hairflash.variants import VARIANTS
-from methods.nets import bisenet, stylegan2
+from methods.nets import bisenet, hairmapper, stylegan2
 from methods.nets.clip import ClipConfig
 
 TINY_CLIP = ClipConfig(embed_dim=32, vision_layers=1, vision_width=64, context_length=8, vocab_size=16,
@@ -179,9 +181,47 @@ def test_official_folder_layout_is_found(tmp_path):
     assert layout.find(bisenet.BISENET19) == tmp_path / "BiSeNet/face_parsing_79999_iter.pth"
 
 
-def test_balding_is_refused_with_a_clear_message():
-    with pytest.raises(RuntimeError, match="HairMapper"):
-        HairFlash(variant="balding").setup(torch.device("cpu"), WeightStore(fill=True))
+def tiny_balding_method(nets, **params) -> HairFlash:
+    """``hairflash:balding`` on the tiny networks; HairMapper's generator is the tiny 256 one (filled)."""
+    official = nets["official"]
+    bald = balding.BaldingNets(official.e4e, fill(hairmapper.LevelMapper(), "t_mapper", hairmapper.fill_recipe),
+                               hairmapper.inference_alpha(hairmapper.DEFAULT_ALPHA), official.generator,
+                               official.parser)
+    method = HairFlash(HairFlashParams(size=256, **params), "balding")
+    method.use_networks(official, {**TINY_IDENTITY, "blending": "baseline", "balding": "tiny"}, bald)
+    return method
+
+
+def test_balding_runs_hairflash_on_the_bald_face(nets, tmp_path):
+    """The WithBalding variant (report 8.3): HairMapper's bald version of the face image replaces it, computed once
+    per face image (cached by content) and timed as its own stage."""
+    face, shape, color = portraits(64)
+    method = tiny_balding_method(nets, cache=True)
+    method.cache = StageCache(tmp_path / "cache", 8)
+    out = method.transfer(face, shape, color)
+    assert out.size == face.size and np.asarray(out).std() > 0
+    assert method.last_stats["faces_balded"] == 1 and method.last_stats["images_embedded"] == 3
+    bald = method._bald(face, Counter())
+    expected = balding.remove_hair(method.balding_nets, face.resize((256, 256), Image.Resampling.LANCZOS))
+    assert np.array_equal(np.asarray(bald), np.asarray(expected))
+    assert not np.array_equal(np.asarray(bald), np.asarray(face.resize((256, 256), Image.Resampling.LANCZOS)))
+    # the pipeline embedded the bald face, not the original: its embedding is cached under the bald pixels
+    keys = {method._embedding_key(image_key(np.asarray(im))) for im in (bald, shape.resize((256, 256),
+                                                                                           Image.Resampling.LANCZOS))}
+    assert all(method.cache.get("embedding", k) is not None for k in keys)
+    again = method.transfer(face, face, color)  # the color task: the same face, balded once
+    assert again.size == face.size
+    assert "faces_balded" not in method.last_stats and method.last_stats["bald:memory"] == 1
+    with pytest.raises(ValueError, match="balding_nets"):
+        HairFlash(HairFlashParams(size=256), "balding").use_networks(nets["official"], TINY_IDENTITY)
+
+
+def test_balding_declares_hairmappers_files():
+    declared = {c.filename: c for c in HairFlash(variant="balding").checkpoints()}
+    assert {"best_model.pt", "StyleGAN2-ada-Generator.pth", "e4e_ffhq_encode.pt"} <= set(declared)
+    assert "forms.gle" in declared["best_model.pt"].source
+    assert declared["StyleGAN2-ada-Generator.pth"].official_path == "ckpts/StyleGAN2-ada-Generator.pth"
+    assert "best_model.pt" not in {c.filename for c in HairFlash(variant="baseline").checkpoints()}
 
 
 # ---------------------------------------------------------------- blending architectures
@@ -437,13 +477,18 @@ def test_filled_networks_full_size_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_cli_smoke_with_filled_weights(tmp_path):
     out = tmp_path / "run"
-    run_harness("run", "--methods", "hairflash:baseline,hairflash:final", "--protocol", "smoke", "--fill-weights",
+    # balding = the baseline pipeline on HairMapper's bald face (so the baseline's path runs too)
+    run_harness("run", "--methods", "hairflash:balding,hairflash:final", "--protocol", "smoke", "--fill-weights",
                 "--limit", "1", "--set", "hairflash.save_intermediates=true", "--out", str(out),
                 env={"HARNESS_CACHE": str(tmp_path / "cache")}, timeout=1800)
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines() if line.strip()]
     assert len(records) == 10 and all(r["status"] == "ok" for r in records), records
-    assert {r["method"] for r in records} == {"hairflash:baseline", "hairflash:final"}
-    assert all(set(r["stages"]) == {"embedding", "alignment", "blending", "post_processing"} for r in records)
+    assert {r["method"] for r in records} == {"hairflash:balding", "hairflash:final"}
+    stages = {"embedding", "alignment", "blending", "post_processing"}
+    assert all(set(r["stages"]) == stages | ({"balding"} if r["method"] == "hairflash:balding" else set())
+               for r in records)
+    balded = [r["extras"].get("faces_balded", 0) for r in records if r["method"] == "hairflash:balding"]
+    assert sum(balded) == 1  # one face image, balded once over the five tasks (then cached)
     assert all(Path(out / r["output"]).is_file() for r in records)
     # work counts reach the records; the untimed warm-up call filled no cache, so the first timed call embeds
     assert all(r["extras"]["triplets"] == 1 for r in records)

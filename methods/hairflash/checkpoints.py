@@ -19,7 +19,7 @@ from pathlib import Path
 from harness.method import Checkpoint
 from harness.weights import WeightStore
 from methods.hairflash import encoders, iresnet, sean, shape_adaptor
-from methods.nets import bisenet, clip, e4e, stylegan2
+from methods.nets import bisenet, clip, e4e, hairmapper, stylegan2
 
 HAIRFAST_PATHS: dict[str, str] = {
     stylegan2.CHECKPOINT.key: "StyleGAN/ffhq.pt",
@@ -76,19 +76,8 @@ def trained_blending(variant: str, description: str) -> Checkpoint:
     )
 
 
-HAIRMAPPER = Checkpoint(
-    key="hairmapper_final",
-    filename="best_model.pt",
-    source="https://github.com/oneThousand1000/HairMapper (pretrained models on request via the authors' form; "
-           "the repository expects it at mapper/checkpoints/final/best_model.pt)",
-    purpose="HairMapper final hair-removal mapper (W+ edit toward bald) for the hairflash:balding pre-processing",
-)
-HAIRMAPPER_GENERATOR = Checkpoint(
-    key="hairmapper_stylegan2_ada",
-    filename="StyleGAN2-ada-Generator.pth",
-    source="https://drive.google.com/file/d/1EsGehuEdY4z4t21o2LgW2dSsyN3rxYLJ (HairMapper README, ./ckpts)",
-    purpose="HairMapper's StyleGAN2-ADA FFHQ generator (the latent space its mapper edits)",
-)
+HAIRMAPPER = hairmapper.CHECKPOINT
+HAIRMAPPER_GENERATOR = hairmapper.GENERATOR_CHECKPOINT
 
 
 class OfficialLayout(WeightStore):

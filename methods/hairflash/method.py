@@ -16,6 +16,8 @@ Beyond the official script:
   share the networks, and ``--resume``. Keys hold the image content, the parameters that matter, the noise and
   the weights' identity (file sha256, or the fill rule).
 * The distinct images of a call are embedded in batches of ``batch_size``; ``triplet_batch`` triplets per call.
+* ``hairflash:balding``: the face image is first replaced by HairMapper's bald version (:mod:`methods.balding`;
+  cached per image under the kind ``bald``; stage ``balding``), as the report's WithBalding experiment did.
 * Stage timings ``embedding``, ``alignment`` (hair-shape steps, inpainting, F blend), ``blending``,
   ``post_processing``. Work counts and cache hits: :attr:`HairFlash.last_stats` / :attr:`HairFlash.stats`, and
   in each unit's record (``harness.unit.note``). Warm-up calls fill no cache.
@@ -45,6 +47,7 @@ from harness.method import Checkpoint, Method, Triplet
 from harness.store import atomic_write_bytes
 from harness.timing import stages
 from harness.weights import WeightStore, cache_dir
+from methods import balding
 from methods.hairflash import checkpoints as ckpts
 from methods.hairflash import pipeline
 from methods.hairflash.cache import StageCache, cache_key, image_key
@@ -144,10 +147,6 @@ class HairFlash(Method):
         return self.spec.checkpoints
 
     def setup(self, device, weights: WeightStore) -> None:
-        if self.spec.balding:
-            raise RuntimeError(
-                "hairflash:balding needs the HairMapper hair-removal network (mapper + its StyleGAN2-ADA generator), "
-                "which this harness does not implement; its files are declared so `harness weights` lists them")
         store = OfficialLayout(weights)
         nets = pipeline.load_nets(store, device, self.params, self.spec)
         identity = {name: store.identity(ckpt) for name, ckpt in NETWORK_CHECKPOINTS.items()}
@@ -155,14 +154,24 @@ class HairFlash(Method):
         identity["postprocess"] = store.identity(ckpts.POSTPROCESS)
         identity["clip"] = store.identity(ckpts.CLIP)
         identity["blending"] = store.identity(self.spec.blending)
-        self.use_networks(nets, identity)
+        bald = None
+        if self.spec.balding:
+            bald = balding.load_balding_nets(store, device, nets.e4e, nets.parser, size=self.params.size)
+            identity["balding"] = [store.identity(ckpts.HAIRMAPPER), store.identity(ckpts.HAIRMAPPER_GENERATOR)]
+        self.use_networks(nets, identity, bald)
 
-    def use_networks(self, nets: pipeline.HairFastNets, weights_identity: dict[str, str]) -> None:
+    def use_networks(self, nets: pipeline.HairFastNets, weights_identity: dict[str, str],
+                     balding_nets: balding.BaldingNets | None = None) -> None:
         """Run on ``nets``; ``weights_identity`` (one string per name of :data:`NETWORK_CHECKPOINTS` and
         ``sean_median_codes``) goes into the cache keys. Optional entries ``postprocess``, ``clip`` and ``blending``
-        (the variant's blending file) let the post-processing face codes and the CLIP embeddings be cached too."""
+        (the variant's blending file) let the post-processing face codes and the CLIP embeddings be cached too.
+        The balding variant needs ``balding_nets`` and the entry ``balding`` (the mapper's and its generator's
+        identities)."""
         p = self.params
+        if self.spec.balding and balding_nets is None:
+            raise ValueError("hairflash:balding needs the HairMapper networks (balding_nets)")
         self.nets = nets
+        self.balding_nets = balding_nets
         self.weights_identity = dict(weights_identity)
         self.noise = pipeline.Noise(p.noise, p.seed)
         ident = weights_identity
@@ -176,6 +185,8 @@ class HairFlash(Method):
             # CLIP embeddings of the blending encoder's masked images: CLIP's weights (ViT-B-32.pt, or the blending
             # file when it holds them too) and precision
             "clip": [ident["clip"], ident.get("blending"), p.clip_precision] if "clip" in ident else None,
+            # the bald face: HairMapper's files, the e4e and parser files it shares, the working size, the BGR quirk
+            "balding": [ident.get("balding"), ident["e4e"], ident["parser"], p.size, p.balding_parser_bgr],
         }
         self.cache = StageCache(cache_dir() / "hairflash", p.cache_entries, enabled=p.cache)
 
@@ -201,6 +212,34 @@ class HairFlash(Method):
                          self.identity["inpaint"])
 
     # ------------------------------------------------------------ inputs
+    def _roles(self, triplets: Sequence[Triplet], images: dict[str, InputImage], stats: Counter
+               ) -> list[tuple[str, str, str]]:
+        """Content keys of each triplet's (face, shape, colour) images, added to ``images``; the balding variant
+        replaces the face image by its bald version first (report 8.3: HairFlash runs on the bald source)."""
+        roles = []
+        for face, shape, color in triplets:
+            if self.spec.balding:
+                face = self._bald(face, stats)
+            roles.append((self._input(face, images), self._input(shape, images), self._input(color, images)))
+        return roles
+
+    def _bald(self, image: Image.Image, stats: Counter) -> Image.Image:
+        """HairMapper's bald version of ``image`` at the working size (:mod:`methods.balding`), cached by content."""
+        size = self.params.size
+        rgb = image.convert("RGB")
+        if rgb.size != (size, size):
+            rgb = rgb.resize((size, size), Image.Resampling.LANCZOS)
+        key = cache_key("bald", image_key(np.asarray(rgb)), self.identity["balding"])
+
+        def compute() -> dict[str, torch.Tensor]:
+            stats["faces_balded"] += 1
+            bald = balding.remove_hair(self.balding_nets, rgb, self.params.balding_parser_bgr)
+            return {"pixels": torch.from_numpy(np.asarray(bald).copy())}
+
+        with stages("balding"):
+            entry, _ = self.cache.get_or_compute("bald", key, compute, "cpu")
+        return Image.fromarray(entry["pixels"].numpy())
+
     def _input(self, image: Image.Image, images: dict[str, InputImage]) -> str:
         size = self.params.size
         rgb = image.convert("RGB")
@@ -368,7 +407,7 @@ class HairFlash(Method):
         blending encoder needs per triplet."""
         stats: Counter = Counter()
         images: dict[str, InputImage] = {}
-        roles = [tuple(self._input(im, images) for im in triplet) for triplet in triplets]
+        roles = self._roles(triplets, images, stats)
         emb = self._embed(images, stats)
         aligned = self._align(roles, images, emb, stats)
         self.stats.update(stats)
@@ -382,7 +421,7 @@ class HairFlash(Method):
         stats: Counter = Counter()
         cache_before = Counter(self.cache.stats)
         images: dict[str, InputImage] = {}
-        roles = [tuple(self._input(im, images) for im in triplet) for triplet in triplets]
+        roles = self._roles(triplets, images, stats)
         with stages("embedding"):
             emb = self._embed(images, stats)
         with stages("alignment"):

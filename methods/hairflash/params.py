@@ -50,6 +50,9 @@ class HairFlashParams:
     clip_precision: Literal["fp16_weights", "fp16", "fp32"] = "fp16_weights"
     save_intermediates: bool = False
     intermediates_dir: str = ""
+    # ---- the balding variant (HairMapper): hand its hair parser the BGR array as RGB, as the official
+    # main_mapper.py does (False: the parser sees RGB)
+    balding_parser_bgr: bool = True
 
     def __post_init__(self):
         if self.size not in SIZES:

@@ -12,8 +12,8 @@ optional balding pre-processing. Everything else is shared (:mod:`methods.hairfl
   ``admix-s`` -- "AdmixClipEmbeds" / "AdmixS": the same information mixed in with the colour conditioning.
 * ``final`` -- "Final" (section 9): no-color-align + the clip-embeds architecture, weights trained with the
   extra Sobel CosSim shape loss.
-* ``balding`` -- "WithBalding" (8.3): HairMapper removes hair and headwear from the face image first. The
-  HairMapper network is not implemented here: the variant declares its files and refuses to run.
+* ``balding`` -- "WithBalding" (8.3): HairMapper removes hair and headwear from the face image first
+  (:mod:`methods.balding`), then the baseline pipeline runs on the bald face with the released blending encoder.
 
 Variants other than ``baseline`` have no released blending weights: each declares its own file (made by
 ``harness train hairflash-blending --variant V``).

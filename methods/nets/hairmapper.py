@@ -48,7 +48,15 @@ CHECKPOINT = Checkpoint(
             "{'state_dict': ..., 'alpha': float}",
     official_path="mapper/checkpoints/final/best_model.pt",
 )
-CHECKPOINTS = [CHECKPOINT]
+GENERATOR_CHECKPOINT = Checkpoint(
+    key="hairmapper_stylegan2_ada",
+    filename="StyleGAN2-ada-Generator.pth",
+    source="https://drive.google.com/file/d/1EsGehuEdY4z4t21o2LgW2dSsyN3rxYLJ (HairMapper README, ./ckpts)",
+    purpose="HairMapper's StyleGAN2-ADA FFHQ 1024 generator (the latent space its mapper edits): a bare NVlabs "
+            "stylegan2-ada Generator state dict (mapping.fc*, synthesis.b*), loaded onto the shared StyleGAN2",
+    official_path="ckpts/StyleGAN2-ada-Generator.pth",
+)
+CHECKPOINTS = [CHECKPOINT, GENERATOR_CHECKPOINT]
 
 WIDTH = 512
 NUM_LAYERS = 8

@@ -1,8 +1,9 @@
 """StyleGAN2 generator (rosinality key layout) with the Barbershop/HairFast layer slicing, written for speed.
 
 Parameter and buffer names/shapes are exactly those of rosinality/stylegan2-pytorch ``model.py`` ``Generator``, so
-the official ``ffhq.pt`` (``{"g_ema": state_dict, "latent_avg": [512]}``) loads unchanged. The computation is the
-same function, reorganised for speed:
+the official ``ffhq.pt`` (``{"g_ema": state_dict, "latent_avg": [512]}``) loads unchanged; a bare NVlabs
+stylegan2-ada ``Generator`` state dict (HairMapper's ``StyleGAN2-ada-Generator.pth``) loads too, its keys mapped onto
+these (:func:`from_nvlabs_state_dict`). The computation is the same function, reorganised for speed:
 
 * modulation + demodulation are folded into the weight of a batch-1 convolution (the style-independent
   demodulation energies and weight layouts are cached while the weights are frozen); on CPU a batch runs
@@ -32,7 +33,7 @@ Public API::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -557,24 +558,159 @@ def fill_recipe(key: str, shape: tuple[int, ...], lr_mlp: float = 0.01) -> dict[
     return {"kind": "normal", "mean": 0.0, "std": 1.0}  # conv weights, constant input, noise buffers
 
 
+# ---------------------------------------------------------------- the NVlabs stylegan2-ada layout
+
+NVLABS_FILTER = "resample_filter"  # [4,4] buffers of the official blocks and layers: the fixed [1,3,3,1] filter
+
+
+def is_nvlabs_state_dict(state: Mapping[str, Any]) -> bool:
+    """Whether ``state`` is an NVlabs stylegan2-ada(-pytorch) ``Generator`` state dict (``mapping.fc0.weight``,
+    ``synthesis.b4.const``, ...) rather than rosinality's."""
+    return "synthesis.b4.const" in state
+
+
+def nvlabs_key_map(size: int, n_mlp: int = 8) -> dict[str, str]:
+    """NVlabs ``Generator`` key -> rosinality key, for every parameter and buffer but the ``resample_filter``
+    buffers and ``mapping.w_avg``.
+
+    Facts (NVlabs ``training/networks.py``; both repositories convert the TensorFlow release the same way, the
+    up-sampling convolution's weight flipped in both): ``mapping.fc{i}`` = ``style.{i+1}``; block ``b{r}`` is
+    stage ``k = log2(r) - 2``: ``b4.const`` = ``input.input``, ``b4.conv1`` = ``conv1``, ``b4.torgb`` =
+    ``to_rgb1``; for ``k >= 1`` ``conv0`` (up-sampling) = ``convs.{2k-2}``, ``conv1`` = ``convs.{2k-1}``, ``torgb`` =
+    ``to_rgbs.{k-1}``. Inside a layer: ``weight`` = ``conv.weight``, ``affine`` = ``conv.modulation``, ``bias`` =
+    ``activate.bias`` (``bias`` of an RGB layer), ``noise_strength`` = ``noise.weight``, ``noise_const`` =
+    ``noises.noise_{2k-1}`` (``conv0``) / ``noises.noise_{2k}`` (``conv1``; ``noise_0`` at 4x4)."""
+    out = {}
+    for i in range(n_mlp):
+        for name in ("weight", "bias"):
+            out[f"mapping.fc{i}.{name}"] = f"style.{i + 1}.{name}"
+    out["synthesis.b4.const"] = "input.input"
+
+    def layer(src: str, dst: str, noise: int) -> None:
+        out[f"{src}.weight"] = f"{dst}.conv.weight"
+        out[f"{src}.affine.weight"] = f"{dst}.conv.modulation.weight"
+        out[f"{src}.affine.bias"] = f"{dst}.conv.modulation.bias"
+        out[f"{src}.bias"] = f"{dst}.activate.bias"
+        out[f"{src}.noise_strength"] = f"{dst}.noise.weight"
+        out[f"{src}.noise_const"] = f"noises.noise_{noise}"
+
+    def torgb(src: str, dst: str) -> None:
+        out[f"{src}.weight"] = f"{dst}.conv.weight"
+        out[f"{src}.affine.weight"] = f"{dst}.conv.modulation.weight"
+        out[f"{src}.affine.bias"] = f"{dst}.conv.modulation.bias"
+        out[f"{src}.bias"] = f"{dst}.bias"
+
+    layer("synthesis.b4.conv1", "conv1", 0)
+    torgb("synthesis.b4.torgb", "to_rgb1")
+    for stage in range(1, int(math.log2(size)) - 1):
+        block = f"synthesis.b{2 ** (stage + 2)}"
+        layer(f"{block}.conv0", f"convs.{2 * stage - 2}", 2 * stage - 1)
+        layer(f"{block}.conv1", f"convs.{2 * stage - 1}", 2 * stage)
+        torgb(f"{block}.torgb", f"to_rgbs.{stage - 1}")
+    return out
+
+
+def from_nvlabs_state_dict(state: Mapping[str, Tensor], reference: Mapping[str, Tensor],
+                           size: int, n_mlp: int = 8) -> tuple[dict[str, Tensor], Tensor | None]:
+    """An NVlabs stylegan2-ada ``Generator`` state dict as rosinality's (shapes from ``reference``, our generator's
+    own state dict: tensors are reshaped, never transposed) and its ``mapping.w_avg`` (``None`` if absent).
+
+    Refused (``ValueError``, naming the keys): a key we do not know (e.g. ``mapping.embed`` of a conditional
+    generator, ``skip`` of the 'resnet' architecture), a missing one, a size that does not reshape, or a
+    ``resample_filter`` other than the normalised [1,3,3,1] filter our generator is built with."""
+    mapping = nvlabs_key_map(size, n_mlp)
+    filt = make_blur_kernel((1, 3, 3, 1))
+    unknown, bad_filter, converted = [], [], {}
+    for key, value in state.items():
+        if key.endswith(NVLABS_FILTER):
+            if tuple(value.shape) != (4, 4) or not torch.allclose(value.float().cpu(), filt, atol=1e-6):
+                bad_filter.append(key)
+            continue
+        if key == "mapping.w_avg":
+            continue
+        target = mapping.get(key)
+        if target is None:
+            unknown.append(key)
+            continue
+        want = reference[target].shape
+        if value.numel() != math.prod(want):
+            raise ValueError(f"NVlabs generator: {key} {tuple(value.shape)} does not fit {target} {tuple(want)}")
+        converted[target] = value.reshape(want)
+    # rosinality keeps its blur kernels as buffers: ours, not the file's
+    for key, value in reference.items():
+        if key.endswith(".kernel"):
+            converted[key] = value
+    missing = sorted(set(mapping.values()) - set(converted))
+    problems = [f"unknown keys {unknown[:5]}" if unknown else "", f"missing {missing[:5]}" if missing else "",
+                f"non-standard resample filters {bad_filter[:3]}" if bad_filter else ""]
+    if any(problems):
+        raise ValueError("not a 'skip' StyleGAN2-ADA generator of this size: " + "; ".join(p for p in problems if p))
+    w_avg = state.get("mapping.w_avg")
+    return converted, (None if w_avg is None else w_avg.reshape(-1).float())
+
+
+def to_nvlabs_state_dict(generator: Generator, w_avg: Tensor | None = None) -> dict[str, Tensor]:
+    """Our generator's weights in the NVlabs layout (for writing test files in the official format): the inverse of
+    :func:`from_nvlabs_state_dict`, with the official shapes and ``resample_filter`` buffers."""
+    state = generator.state_dict()
+    nv = {}
+    for src, dst in nvlabs_key_map(generator.size, generator.config.n_mlp).items():
+        value = state[dst]
+        if src == "synthesis.b4.const":
+            value = value[0]
+        elif src.endswith("noise_strength"):
+            value = value.reshape(())
+        elif src.endswith("noise_const"):
+            value = value[0, 0]
+        elif src.endswith(".weight") and dst.endswith("conv.weight"):
+            value = value[0]
+        elif src.endswith("torgb.bias"):
+            value = value.reshape(-1)
+        nv[src] = value.clone()
+    filt = make_blur_kernel((1, 3, 3, 1))
+    for key in list(nv):
+        if key.endswith(".affine.weight") and ".torgb." not in key:
+            nv[key.rsplit(".", 2)[0] + "." + NVLABS_FILTER] = filt.clone()  # every SynthesisLayer
+    for stage in range(generator.n_stages):
+        nv[f"synthesis.b{2 ** (stage + 2)}.{NVLABS_FILTER}"] = filt.clone()  # every SynthesisBlock
+    nv["mapping.w_avg"] = torch.zeros(generator.style_dim) if w_avg is None else w_avg.detach().clone()
+    return nv
+
+
 LATENT_AVG_SAMPLES = 4096
 LATENT_AVG_SEED = 0
 
 
 def load_generator(weights, device: torch.device | str = "cpu", size: int = 1024, channel_multiplier: int = 2,
                    checkpoint: Checkpoint = CHECKPOINT) -> tuple[Generator, Tensor]:
-    """Build the generator, load ``checkpoint`` (``g_ema``) through ``weights`` (a ``WeightStore``) and return
+    """Build the generator, load ``checkpoint`` through ``weights`` (a ``WeightStore``) and return
     ``(generator, latent_avg [512])``, in eval mode with gradients off for the parameters.
+
+    Two file layouts load: rosinality's ``{"g_ema": state_dict, "latent_avg": [512]}`` (``ffhq.pt``) and a bare
+    NVlabs stylegan2-ada ``Generator`` state dict (HairMapper's ``StyleGAN2-ada-Generator.pth``; its
+    ``mapping.w_avg`` is the latent average), mapped onto ours by :func:`from_nvlabs_state_dict`.
 
     With ``weights.fill`` the weights come from :func:`fill_recipe` (namespace = checkpoint key) and
     ``latent_avg`` is the mean of ``mapping(z)`` over 4096 z drawn on the CPU from
     ``torch.Generator().manual_seed(0)``.
     """
     gen = Generator(size, channel_multiplier=channel_multiplier)
-    obj = weights.load_network(gen, checkpoint, extract=lambda o: o["g_ema"], recipe=fill_recipe)
+    found: dict[str, Tensor | None] = {}
+
+    def extract(obj: Any) -> Mapping[str, Any]:
+        if isinstance(obj, Mapping) and is_nvlabs_state_dict(obj):
+            state, found["latent_avg"] = from_nvlabs_state_dict(obj, gen.state_dict(), size, gen.config.n_mlp)
+            return state
+        if not isinstance(obj, Mapping) or "g_ema" not in obj:
+            raise ValueError(f"{checkpoint.filename}: neither rosinality's {{'g_ema': ...}} nor an NVlabs "
+                             "stylegan2-ada Generator state dict")
+        found["latent_avg"] = obj.get("latent_avg")
+        return obj["g_ema"]
+
+    weights.load_network(gen, checkpoint, extract=extract, recipe=fill_recipe)
     gen = gen.to(device).eval().requires_grad_(False)
-    if obj is not None and "latent_avg" in obj:
-        latent_avg = torch.as_tensor(obj["latent_avg"]).reshape(-1).to(device=device, dtype=torch.float32)
+    if found.get("latent_avg") is not None:
+        latent_avg = torch.as_tensor(found["latent_avg"]).reshape(-1).to(device=device, dtype=torch.float32)
     else:
         latent_avg = gen.mean_latent(LATENT_AVG_SAMPLES, torch.Generator().manual_seed(LATENT_AVG_SEED))
     return gen, latent_avg
