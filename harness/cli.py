@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness.environment import keep_freed_memory
+from harness.environment import PRECISIONS, keep_freed_memory
 from harness.errors import UsageError as CliError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -51,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     out = Path(args.out)
     config = runner.RunConfig(
-        protocol=protocol, out=out, methods=methods, device=args.device,
+        protocol=protocol, out=out, methods=methods, device=args.device, precision=args.precision,
         weights_dir=Path(args.weights_dir) if args.weights_dir else None, limit=args.limit, resume=args.resume,
         fill_weights=args.fill_weights, overrides=parse_sets(args.set), shard=shard,
         metrics=not args.no_metrics, report=not args.no_report, progress=not args.quiet,
@@ -130,6 +130,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     fill = bool(store.manifest().get("fill_weights"))  # a filled run is evaluated with filled networks too
+    environment.set_float32_precision(store.manifest().get("precision", "fp32"))  # as the run computed
     metrics.compute(store.root, WeightStore(args.weights_dir, fill=fill), device=device, progress=not args.quiet)
     _print_metrics(store.root)
     return EXIT_OK
@@ -299,6 +300,9 @@ def build_parser(with_trainers: bool = True) -> argparse.ArgumentParser:
                    help="built-in protocol name (synthetic, smoke, celebahq) or a .toml file (default: synthetic)")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="float32 arithmetic on CUDA: fp32 (default; TF32 off, as the published numbers) or tf32 "
+                        "(faster matmuls/convolutions on Ampere+, ~1e-3 relative); recorded in the manifest")
     p.add_argument("--weights-dir", metavar="DIR", help="directory with checkpoint files (see `harness weights`)")
     p.add_argument("--data", metavar="DIR", help="image folder for folder/triplet protocols (e.g. celebahq)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N triplets")

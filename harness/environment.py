@@ -34,15 +34,58 @@ def resolve_device(spec: str = "auto"):
     return device
 
 
+PRECISIONS = ("fp32", "tf32")
+
+
+def set_float32_precision(precision: str = "fp32") -> dict[str, Any]:
+    """How float32 matrix products and convolutions run, for the whole process; returns :func:`float32_flags`.
+
+    ``fp32`` (the harness default): IEEE float32 everywhere. PyTorch's own default lets cuDNN convolutions use TF32
+    on Ampere and later GPUs (about 1e-3 relative error per operation), which is neither what the published numbers
+    nor our parity fixtures were computed with. ``tf32``: TF32 for CUDA matrix products and convolutions (faster,
+    less exact). CPU arithmetic is float32 either way."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    mode = "tf32" if precision == "tf32" else "ieee"
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9: the per-backend API only
+        torch.backends.cuda.matmul.fp32_precision = mode
+        torch.backends.cudnn.conv.fp32_precision = mode
+        torch.backends.cudnn.rnn.fp32_precision = mode
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+        torch.backends.cudnn.allow_tf32 = mode == "tf32"
+    return float32_flags()
+
+
+def float32_flags() -> dict[str, Any]:
+    """The float32 / cuDNN settings results depend on (what the manifest records)."""
+    import torch
+
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        matmul, conv = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    else:
+        matmul = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+        conv = "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+    return {"cuda_matmul": matmul, "cudnn_conv": conv, "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic)}
+
+
 def device_info(device) -> dict[str, Any]:
+    """The device a run used: type, name, CPU threads; on CUDA also the CUDA and cuDNN versions, compute capability,
+    memory and the count of visible devices; and the float32 / cuDNN flags."""
     import torch
 
     info: dict[str, Any] = {"type": device.type, "threads": torch.get_num_threads()}
     if device.type == "cuda":
-        info["name"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
+        props = torch.cuda.get_device_properties(device)
+        info.update(name=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(), capability=f"{props.major}.{props.minor}",
+                    memory_bytes=int(props.total_memory), visible_devices=torch.cuda.device_count())
     else:
         info["name"] = platform.processor() or platform.machine()
+    info["float32"] = float32_flags()
     return info
 
 

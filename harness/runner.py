@@ -59,6 +59,7 @@ class RunConfig:
     out: Path
     methods: tuple[str, ...] | None = None  # None: every method that can run here
     device: str = "auto"
+    precision: str = "fp32"  # float32 arithmetic on CUDA (harness.environment.set_float32_precision)
     weights_dir: Path | None = None
     limit: int | None = None  # first N triplets only
     resume: bool = False
@@ -632,6 +633,7 @@ def build_manifest(config: RunConfig, methods: Sequence[Method], weights: Weight
         "limit": config.limit,
         "methods": {m.label: method_manifest(m, weights) for m in methods},
         "fill_weights": bool(config.fill_weights),
+        "precision": config.precision,
         "device": environment.device_info(device),
         "dataset": {"kind": config.protocol.dataset.kind, "n_images": n_images, "content_hash": dataset_hash},
         "git": environment.git_state(),
@@ -648,6 +650,7 @@ def _version() -> str:
 
 def _comparable(manifest: dict[str, Any]) -> dict[str, Any]:
     keep = {k: manifest.get(k) for k in ("protocol", "tasks", "n_triplets", "fill_weights", "limit")}
+    keep["precision"] = manifest.get("precision", "fp32")  # manifests older than --precision ran in fp32
     return json.loads(json.dumps(keep, default=str))  # as stored: tuples become lists
 
 
@@ -693,6 +696,7 @@ def run(config: RunConfig) -> RunSummary:
         raise RunRefused(f"{config.out} already holds a run; pass --resume to continue it, or choose another --out")
     try:
         device = environment.resolve_device(config.device)
+        environment.set_float32_precision(config.precision)
     except ValueError as exc:
         raise RunRefused(str(exc)) from None
     weights = WeightStore(config.weights_dir, fill=config.fill_weights)
