@@ -433,7 +433,15 @@ def align_folder(src: str | Path, dst: str | Path, params: AlignParams = AlignPa
     return outcomes
 
 
-def _align_one(path: Path, output: Path, sidecar: Path, params: AlignParams) -> AlignOutcome:
+def align_photo(path: Path, output: Path, sidecar: Path, params: AlignParams, *,
+                one_face: bool = False) -> AlignOutcome:
+    """Align one photo into ``output`` + ``sidecar`` (see :func:`align_folder`); problems come back as the outcome's
+    ``error``. ``one_face``: a photo where dlib finds several faces is an error (``harness run --align``: which
+    person a benchmark item shows must not be a guess) instead of aligning the largest."""
+    return _align_one(path, output, sidecar, params, one_face)
+
+
+def _align_one(path: Path, output: Path, sidecar: Path, params: AlignParams, one_face: bool = False) -> AlignOutcome:
     try:
         rgb = load_rgb(path)
     except Exception as exc:
@@ -444,6 +452,9 @@ def _align_one(path: Path, output: Path, sidecar: Path, params: AlignParams) -> 
         return AlignOutcome(path, error="no face found")
     except Exception as exc:
         return AlignOutcome(path, error=f"alignment failed ({type(exc).__name__}: {exc})")
+    if one_face and result.n_faces > 1:
+        return AlignOutcome(path, n_faces=result.n_faces,
+                            error=f"{result.n_faces} faces found: crop the photo to one person")
     result.image.save(output)
     sidecar.write_text(json.dumps(result.sidecar(), indent=1))
     return AlignOutcome(path, output=output, sidecar=sidecar, n_faces=result.n_faces)
@@ -554,8 +565,15 @@ def ffhq_align_parity(fixture) -> Callable[[dict], dict[str, np.ndarray]]:
     dlib_models(params.predictor)  # fail at build time if the model is missing
 
     def run(case: dict) -> dict[str, np.ndarray]:
-        result = align_face(fixture.input(case, "data"), params)
+        (arg,) = case["inputs"]
+        result = align_face(fixture.input(case, arg), params)
         aligned = np.asarray(result.image)
+        resized = {}  # aligned<N>: the aligned image block-averaged to its reference's size
+        for name, target in case["outputs"].items():
+            if name.startswith("aligned"):
+                ref = fixture.reference(target)
+                block = aligned.shape[0] // int((ref["shape"] if isinstance(ref, dict) else ref.shape)[0])
+                resized[name] = aligned.astype(np.float32) if block == 1 else block_mean(aligned, block)
         outputs = {
             "landmarks": result.landmarks.astype(np.float32),
             "quad": result.quad.astype(np.float32),
@@ -563,8 +581,7 @@ def ffhq_align_parity(fixture) -> Callable[[dict], dict[str, np.ndarray]]:
             "crop": np.array(result.crop, dtype=np.float32),
             "pad": np.array(result.pad, dtype=np.float32),
             "meta": result.meta.astype(np.float32),
-            "aligned256": block_mean(aligned, 4),
-            "aligned1024": aligned.astype(np.float32),
+            **resized,
         }
         return {name: outputs[name] for name in case["outputs"]}
 

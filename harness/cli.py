@@ -54,7 +54,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         protocol=protocol, out=out, methods=methods, device=args.device, precision=args.precision,
         weights_dir=Path(args.weights_dir) if args.weights_dir else None, limit=args.limit, resume=args.resume,
         fill_weights=args.fill_weights, overrides=parse_sets(args.set), shard=shard,
-        metrics=not args.no_metrics, report=not args.no_report, progress=not args.quiet,
+        metrics=not args.no_metrics, report=not args.no_report, progress=not args.quiet, align=args.align,
+        paste_back=args.paste_back,
         command=" ".join(shlex.quote(a) for a in ["harness", *sys.argv[1:]]),
         log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr)),
     )
@@ -309,6 +310,12 @@ def build_parser(with_trainers: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
     p.add_argument("--set", action="append", metavar="METHOD.PARAM=VALUE",
                    help="override a method parameter (repeatable), e.g. --set hairflash.noise=buffers")
+    p.add_argument("--align", action="store_true",
+                   help="FFHQ-align each photo of --data first (dlib 68 landmarks; transforms in OUT/aligned/); a "
+                        "photo with no face or several faces fails its items with the reason")
+    p.add_argument("--paste-back", action="store_true",
+                   help="with --align: also write every result pasted back into its original photo "
+                        "(OUT/pasted/<method>/<task>/<triplet>.png)")
     p.add_argument("--fill-weights", action="store_true",
                    help="TEST SWITCH: fill every network by the parity rule instead of loading checkpoints; "
                    "results are marked 'filled weights: not a result'")

@@ -68,6 +68,8 @@ class RunConfig:
     shard: tuple[int, int] = (0, 1)
     metrics: bool = True
     report: bool = True
+    align: bool = False  # FFHQ-align each photo first (dlib); no face / several faces: a per-item error
+    paste_back: bool = False  # also write each result pasted back into the original photo (needs align)
     progress: bool = True
     command: str = ""
     log: Callable[[str], None] = print
@@ -202,9 +204,51 @@ def synthetic_triplet_ok(face: dict, shape: dict, color: dict) -> bool:
             and color["hair_color"]["name"] != face["hair_color"]["name"])
 
 
+ALIGNED_DIR = "aligned"  # RUN/aligned/<id>.png + <id>.align.json: photos aligned by `harness run --align`
+PASTED_DIR = "pasted"  # RUN/pasted/<method dir>/<task>/<triplet>.png: results pasted back (--paste-back)
+
+
+def aligned_input(store: RunStore, entry: ImageEntry, size: int) -> tuple[Image.Image, list[str]]:
+    """FFHQ-align the photo of ``entry`` to ``size`` into ``RUN/aligned/`` (image + transform sidecar) and return
+    it normalised; a photo with no face, several faces or no readable image raises :class:`InputError`."""
+    from harness import align
+
+    folder = store.path(ALIGNED_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    output, sidecar = folder / f"{entry.id}.png", folder / f"{entry.id}{align.SIDECAR_SUFFIX}"
+    outcome = align.align_photo(entry.source, output, sidecar, align.AlignParams(output_size=size), one_face=True)
+    if not outcome.ok:
+        raise InputError(f"{entry.source.name}: {outcome.error}")
+    image, notes = load_image(output, size)
+    return image, ["aligned (FFHQ, dlib 68 landmarks)", *notes]
+
+
+def paste_back_outputs(store: RunStore) -> int:
+    """Write ``RUN/pasted/<method dir>/<task>/<triplet>.png`` for every successful result whose face image was
+    aligned by the run (the result warped back into the original photo through its sidecar); idempotent, so
+    shards may call it. Returns how many files were written."""
+    from harness import align
+
+    faces = {t.id: t.face for t in store.triplets()}
+    written = 0
+    for record in store.records().values():
+        if record.status != "ok" or not record.output:
+            continue
+        sidecar = store.path(ALIGNED_DIR, f"{faces[record.triplet]}{align.SIDECAR_SUFFIX}")
+        target = store.path(PASTED_DIR, *Path(record.output).parts[1:])
+        if not sidecar.is_file() or target.exists():
+            continue
+        transform = align.AlignTransform.load(sidecar)
+        atomic_save_image(target, align.paste_back(store.path(record.output), transform, transform.source))
+        written += 1
+    return written
+
+
 def prepare_dataset(store: RunStore, protocol: Protocol, limit: int | None, parser: Callable | None,
-                    need_landmarks: bool, log: Callable[[str], None]) -> tuple[dict[str, PreparedImage], list[Triplet]]:
-    """Normalise inputs into ``RUN/inputs``, label maps into ``RUN/labels``, write images.csv/triplets.csv."""
+                    need_landmarks: bool, log: Callable[[str], None], align: bool = False
+                    ) -> tuple[dict[str, PreparedImage], list[Triplet]]:
+    """Normalise inputs into ``RUN/inputs`` (FFHQ-aligned first with ``align``), label maps into ``RUN/labels``,
+    write images.csv/triplets.csv."""
     entries, triplets = dataset_entries(protocol, store.root)
     if triplets is None:
         accept = None
@@ -230,7 +274,7 @@ def prepare_dataset(store: RunStore, protocol: Protocol, limit: int | None, pars
         input_path, labels_path, error, notes = store.input_path(entry.id), None, None, []
         try:
             if not input_path.exists():
-                img, notes = load_image(entry.source, size)
+                img, notes = aligned_input(store, entry, size) if align else load_image(entry.source, size)
                 atomic_save_image(input_path, img, **PNG_ARGS)
             if entry.labels is not None:
                 labels_path = store.labels_path(entry.id)
@@ -634,6 +678,7 @@ def build_manifest(config: RunConfig, methods: Sequence[Method], weights: Weight
         "methods": {m.label: method_manifest(m, weights) for m in methods},
         "fill_weights": bool(config.fill_weights),
         "precision": config.precision,
+        "align": bool(config.align),
         "device": environment.device_info(device),
         "dataset": {"kind": config.protocol.dataset.kind, "n_images": n_images, "content_hash": dataset_hash},
         "git": environment.git_state(),
@@ -651,6 +696,7 @@ def _version() -> str:
 def _comparable(manifest: dict[str, Any]) -> dict[str, Any]:
     keep = {k: manifest.get(k) for k in ("protocol", "tasks", "n_triplets", "fill_weights", "limit")}
     keep["precision"] = manifest.get("precision", "fp32")  # manifests older than --precision ran in fp32
+    keep["align"] = bool(manifest.get("align", False))
     return json.loads(json.dumps(keep, default=str))  # as stored: tuples become lists
 
 
@@ -694,6 +740,10 @@ def run(config: RunConfig) -> RunSummary:
     store = RunStore(config.out)
     if store.exists() and not config.resume and config.shard[1] == 1:
         raise RunRefused(f"{config.out} already holds a run; pass --resume to continue it, or choose another --out")
+    if config.align and protocol.dataset.kind == "synthetic":
+        raise RunRefused("--align is for real photos (--data DIR): synthetic portraits are aligned already")
+    if config.paste_back and not config.align:
+        raise RunRefused("--paste-back needs --align (it uses the transforms the alignment records)")
     try:
         device = environment.resolve_device(config.device)
         environment.set_float32_precision(config.precision)
@@ -712,7 +762,7 @@ def run(config: RunConfig) -> RunSummary:
     store.root.mkdir(parents=True, exist_ok=True)
     need_landmarks = protocol.dataset.kind != "synthetic" and any(
         "landmarks" in (m.requires | getattr(m, "uses", frozenset())) for m in methods)
-    prepared, triplets = prepare_dataset(store, protocol, config.limit, parser, need_landmarks, log)
+    prepared, triplets = prepare_dataset(store, protocol, config.limit, parser, need_landmarks, log, config.align)
     if protocol.dataset.kind == "synthetic":
         write_ground_truth(store, protocol, prepared, triplets)
     dataset_hash = hashlib.sha256("".join(
@@ -734,6 +784,8 @@ def run(config: RunConfig) -> RunSummary:
         summary.failed += failed
         method.teardown()
         _free_memory(device)
+    if config.paste_back:
+        log(f"pasted {paste_back_outputs(store)} result(s) back into the original photos: {store.path(PASTED_DIR)}")
     all_units = enumerate_units(list(manifest["methods"]), protocol.tasks, triplets)
     done = store.done()
     summary.pending = sum(u.key not in done for u in all_units)

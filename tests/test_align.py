@@ -160,3 +160,43 @@ def test_align_folder_continues_past_bad_files(astronaut, tmp_path):
     # a single file as SRC
     single = align.align_folder(src / "empty.png", tmp_path / "one", params)
     assert len(single) == 1 and not single[0].ok
+
+
+def test_run_aligns_raw_photos_and_pastes_results_back(astronaut, tmp_path):
+    """`harness run --align --paste-back` on raw photos: items whose photo has no face or two faces fail with the
+    reason, the others run on the aligned images and come back pasted into the original photos."""
+    from conftest import run_harness
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    one = astronaut[0:300, 50:450]  # the astronaut's face only (the full image has a second detection)
+    Image.fromarray(one).save(photos / "a.jpg", quality=95)
+    Image.fromarray(one[:, ::-1]).save(photos / "b.png")
+    Image.fromarray(np.clip(one.astype(int) + 20, 0, 255).astype(np.uint8)).save(photos / "c.png")
+    Image.new("RGB", (200, 160), (90, 90, 90)).save(photos / "empty.png")
+    Image.fromarray(astronaut).save(photos / "two.png")
+    (photos / "triplets.txt").write_text("a.jpg b.png c.png\nempty.png b.png c.png\ntwo.png a.jpg b.png\n")
+    protocol = tmp_path / "photos.toml"
+    protocol.write_text('name = "photos"\n[dataset]\nkind = "triplets"\nsize = 128\ntriplets_file = "triplets.txt"\n'
+                        '[triplets]\ntasks = ["full", "rec"]\n[runner]\nwarmup = 0\n')
+    out = tmp_path / "run"
+    proc = run_harness("run", "--protocol", str(protocol), "--data", str(photos), "--methods", "identity",
+                       "--align", "--paste-back", "--no-metrics", "--quiet", "--out", str(out),
+                       env={"HARNESS_CACHE": str(tmp_path / "cache")})
+    records = {(r["task"], r["triplet"]): r for r in map(json.loads, (out / "records.jsonl").read_text().splitlines())}
+    assert {k for k, r in records.items() if r["status"] == "ok"} == {("full", "t0000"), ("rec", "t0000")}
+    assert "no face found" in records[("full", "t0001")]["error"]
+    assert "2 faces found" in records[("rec", "t0002")]["error"], records[("rec", "t0002")]["error"]
+    sidecar = json.loads((out / "aligned" / "a.align.json").read_text())
+    assert sidecar["source"] == str((photos / "a.jpg").resolve()) and sidecar["output_size"] == 128
+    assert Image.open(out / "inputs" / "a.png").size == (128, 128)
+    pasted = out / "pasted" / "identity" / "rec" / "t0000.png"
+    assert sorted(p.name for p in (out / "pasted" / "identity").rglob("*.png")) == ["t0000.png", "t0000.png"]
+    back = np.asarray(Image.open(pasted))
+    assert back.shape == one.shape
+    # identity returns the aligned face: pasted back it is the photo again (outside the face quad exactly)
+    assert psnr(back, one) > 30
+    assert "ok: 2  failed: 4" in proc.stdout
+    refused = run_harness("run", "--protocol", "smoke", "--align", "--out", str(tmp_path / "r2"), check=False,
+                          env={"HARNESS_CACHE": str(tmp_path / "cache")})
+    assert refused.returncode == 2 and "--align is for real photos" in refused.stderr
