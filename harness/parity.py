@@ -3,12 +3,16 @@
 A fixture folder holds ``spec.json`` and ``data.npz`` (see ``shared/parity/README.md``). Adapters (one per
 fixture name, registered through the ``register_parity`` hook) build our module from the spec and return a
 ``run(case) -> {output name or npz key: array}`` callable; :func:`check` compares every output of every case.
+Held-out copies of a fixture may rename, reorder or add cases, so adapters tell which op a case exercises with
+:func:`case_op` (from its call text, inputs and outputs) and read parameters from the case (:func:`calls`,
+:func:`call_arg`, input and reference shapes), never from its name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -213,6 +217,108 @@ def check(fixture: Fixture, adapter: Callable[[Fixture], Callable[[dict], Mappin
         worst = max(details.values()) if details else float("inf")
         yield CaseResult(fixture.name, case["name"], worst, tol, details,
                          error=None if details else "adapter returned no outputs")
+
+
+# ---------------------------------------------------------------- which op a case exercises (adapters)
+
+def arg_word(name: str) -> str:
+    """First word of a case's argument/output name (``"bisenet_ids (uint8 [1,512,512])"`` -> ``bisenet_ids``)."""
+    return re.split(r"[\s(]", name.strip(), maxsplit=1)[0]
+
+
+@dataclass(frozen=True)
+class Op:
+    """The clues by which a case's spec entry shows that it exercises one op; all listed clues must hold.
+
+    ``call``: regular expressions searched in the case's ``call`` text (official names, assignments);
+    ``inputs`` / ``outputs``: first words of its argument / output names; ``names``: known case names.
+    """
+
+    call: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+
+    def clues(self, case: Mapping) -> int | None:
+        """How many clues ``case`` shows (``None`` if one is missing)."""
+        text = str(case.get("call", ""))
+        inputs = {arg_word(n) for n in case.get("inputs", {})}
+        outputs = {arg_word(n) for n in case.get("outputs", {})}
+        held = ([re.search(p, text) is not None for p in self.call] + [w in inputs for w in self.inputs]
+                + [w in outputs for w in self.outputs])
+        return len(held) if all(held) else None
+
+
+def case_op(case: Mapping, ops: Mapping[str, Op]) -> str:
+    """The key of ``ops`` that ``case`` exercises, from what spec.json says about it, not from its name.
+
+    Candidates are the ops whose clues all hold; the one with the most clues wins (the most specific). A known
+    case name (an op key or one of its ``names``) is the shortcut among equally good candidates, or when no
+    op's clues hold; otherwise a tie, like no match, raises ``KeyError`` naming the case and the candidates.
+    """
+    name = str(case.get("name", ""))
+    known = next((op for op, sig in ops.items() if name == op or name in sig.names), None)
+    scores = {op: n for op, sig in ops.items() if (n := sig.clues(case)) is not None}
+    best = max(scores.values(), default=None)
+    tied = sorted(op for op, n in scores.items() if n == best)
+    if known is not None and (known in tied or not tied):
+        return known
+    if not tied:
+        raise KeyError(f"case {name!r}: its call, inputs and outputs match none of the ops {sorted(ops)}")
+    if len(tied) > 1:
+        raise KeyError(f"case {name!r} is ambiguous: it matches the ops {tied} equally")
+    return tied[0]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of a function/class in a case's call text: the names it is assigned to and its arguments."""
+
+    targets: tuple[str, ...]
+    args: str
+
+    def arg(self, keyword: str, position: int | None = None) -> str | None:
+        """The argument ``keyword=...`` (or the positional argument ``position``) as text, else ``None``."""
+        parts = _split_args(self.args)
+        for part in parts:
+            key, eq, value = part.partition("=")
+            if eq and key.strip() == keyword:
+                return value.strip()
+        positional = [p for p in parts if not re.match(r"\s*\w+\s*=(?!=)", p)]
+        return positional[position] if position is not None and position < len(positional) else None
+
+
+def _split_args(text: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    tail = text[start:].strip()
+    return parts + [tail] if tail else parts
+
+
+def calls(case: Mapping, callee: str) -> list[Call]:
+    """Every ``[targets =] callee(args)`` in the case's call text, in order
+    (``im_128 = BicubicDownSample(factor=4)(x)`` -> ``Call(("im_128",), "factor=4")``)."""
+    text = str(case.get("call", ""))
+    found = []
+    for match in re.finditer(rf"(?<!\w){re.escape(callee)}\(", text):
+        depth, end = 1, match.end()
+        while end < len(text) and depth:
+            depth += (text[end] == "(") - (text[end] == ")")
+            end += 1
+        before = re.search(r"(\w+(?:\s*,\s*\w+)*)\s*=\s*(?:[\w.]+\.)?$", text[:match.start()])
+        targets = tuple(t.strip() for t in before.group(1).split(",")) if before else ()
+        found.append(Call(targets, text[match.end():end - 1]))
+    return found
+
+
+def call_arg(case: Mapping, callee: str, keyword: str, position: int | None = None) -> str | None:
+    """The first value given to ``callee`` as ``keyword`` (or at ``position``) in the case's call text."""
+    return next((v for c in calls(case, callee) if (v := c.arg(keyword, position)) is not None), None)
 
 
 def to_numpy(value: Any) -> np.ndarray:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.parity import Fixture, to_numpy
+from harness.parity import Fixture, Op, arg_word, call_arg, case_op, to_numpy
 from harness.weights import WeightStore, load_state_dict_into
 from methods.nets.lpips import VGG16_IMAGENET, VGG16Slices
 from methods.nets.lpips import fill_recipe as vgg16_fill_recipe
@@ -307,6 +307,15 @@ class ClampOptimizer:
 
 # ---------------------------------------------------------------- parity (fixture barbershop_ops)
 
+#: the ops of ``barbershop_ops`` and how a case shows which one it exercises (see :func:`harness.parity.case_op`)
+PARITY_OPS = {
+    "bicubic": Op(call=(r"BicubicDownSample",), names=("bicubic_f4", "bicubic_f2")),
+    "p_norm": Op(call=(r"cal_p_norm_loss",)),
+    "gram": Op(inputs=("feat_x", "feat_xhat"), names=("gram_masked", "gram_nomask")),
+    "style_full": Op(call=(r"StyleLoss\(",), inputs=("x", "x_hat")),
+    "clamp_adam": Op(call=(r"ClampOptimizer",)),
+}
+
 def parity_adapter(fixture: Fixture) -> Callable[[Mapping], dict[str, np.ndarray]]:
     """Fixture ``barbershop_ops``: VGG16 filled from the spec (strict), other cases are pure functions."""
     ctor = fixture.constructor
@@ -326,38 +335,41 @@ def parity_adapter(fixture: Fixture) -> Callable[[Mapping], dict[str, np.ndarray
         return [torch.from_numpy(np.array(a)).float() for a in case_inputs(fixture, case, word)]
 
     def run(case: Mapping) -> dict[str, np.ndarray]:
-        name = case["name"]
+        op = case_op(case, PARITY_OPS)
         extra: dict[str, Tensor] = {}
-        if name.startswith("bicubic_f"):
-            x = torch.from_numpy(np.array(case_input(fixture, case, "x"))).float()
-            word = next(iter(case["outputs"])).split()[0]
-            factor = x.shape[-1] // reference_shape(fixture, case, word)[-1]
-            with torch.no_grad():
-                out = {word: bicubic_downsample(x, factor)}
-            const = f"const/bicubic_kernel_factor{factor}"
-            if const in fixture.data:  # the stored taps, compared as an extra output
-                extra[const] = bicubic_taps(factor)
-        elif name == "p_norm":
+        if op == "bicubic":
+            x = torch.from_numpy(np.array(case_input(fixture, case, arg_word(next(iter(case["inputs"])))))).float()
+            given = call_arg(case, "BicubicDownSample", "factor", 0)
+            out = {}
+            for word in map(arg_word, case["outputs"]):
+                factor = int(given) if given else x.shape[-1] // reference_shape(fixture, case, word)[-1]
+                with torch.no_grad():
+                    out[word] = bicubic_downsample(x, factor)
+                const = f"const/bicubic_kernel_factor{factor}"
+                if const in fixture.data:  # the stored taps, compared as an extra output
+                    extra[const] = bicubic_taps(factor)
+        elif op == "p_norm":
             pca = LatentPCA(tensor(case, "X_mean"), tensor(case, "X_comp"), tensor(case, "X_stdev"),
                             torch.ones(()))
             latent = tensor(case, "latent_in")
             with torch.no_grad():
                 out = {"loss": p_norm_loss(latent, pca, p_norm_lambda).sum(),
                        "loss_lambda1": p_norm_loss(latent, pca, 1.0).sum()}
-        elif name.startswith("gram_"):
+        elif op == "gram":
             with torch.no_grad():
                 out = {"loss": gram_style_loss(tensors(case, "feat_x"), tensors(case, "feat_xhat"),
                                                tensor(case, "mask1"), tensor(case, "mask2"), style_loss.distance)}
-        elif name == "style_full":
+        elif op == "style_full":
             with torch.no_grad():
                 out = {"loss": style_loss(tensor(case, "x"), tensor(case, "x_hat"), tensor(case, "mask1"),
                                           tensor(case, "mask2"))}
-        elif name == "clamp_adam":
+        else:  # clamp_adam
             target = tensor(case, "target")
             steps = reference_shape(fixture, case, "trajectory")[0]
             inner = getattr(torch.optim, str(clamp.get("optimizer", "torch.optim.Adam")).rsplit(".", 1)[-1])
+            lr = clamp.get("lr_in_case") or call_arg(case, "ClampOptimizer", "lr") or 0.2
             param = torch.zeros_like(target, requires_grad=True)
-            optimizer = ClampOptimizer(inner, [param], lr=float(clamp.get("lr_in_case", 0.2)))
+            optimizer = ClampOptimizer(inner, [param], lr=float(lr))
             trajectory = []
             for _ in range(steps):
                 optimizer.zero_grad()
@@ -365,8 +377,6 @@ def parity_adapter(fixture: Fixture) -> Callable[[Mapping], dict[str, np.ndarray
                 optimizer.step()
                 trajectory.append(param.detach().clone())
             out = {"trajectory": torch.stack(trajectory)}
-        else:
-            raise KeyError(f"unknown case {name!r}")
         return {k: to_numpy(v) for k, v in {**case_outputs(case, out), **extra}.items()}
 
     return run

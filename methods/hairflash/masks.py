@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness.parity import Fixture, to_numpy
+from harness.parity import Fixture, Op, arg_word, call_arg, calls, case_op, to_numpy
 from methods.ops import (
     BISENET19_TO_CELEBAMASKHQ,
     HAIR_MASK_SIZE,
@@ -129,15 +129,60 @@ def blending_masks(labels_face: Tensor, labels_color: Tensor, hair_target: Tenso
 
 # ---------------------------------------------------------------- parity (fixture hairfast_ops)
 
+#: the ops of ``hairfast_ops`` and how a case shows which one it exercises (see :func:`harness.parity.case_op`)
+PARITY_OPS = {
+    "bicubic_downsample": Op(call=(r"BicubicDownSample",)),
+    "label_remap_and_hair_mask": Op(call=(r"swap_parsing_label_to_celeba_mask",)),
+    "dilate_erosion_smooth5": Op(call=(r"DilateErosion",)),
+    "embedding_F_mixing": Op(inputs=("F_FS", "F_from_W")),
+    "alignment_F_blend": Op(call=(r"DilateErosion", r"\bF_align\b")),
+    "blending_target_mask": Op(call=(r"DilateErosion", r"hair_from_mask")),
+}
+
+
 def _constructor_int(text: str, name: str, default: int) -> int:
     match = re.search(rf"{name}\s*=\s*(\d+)", text)
     return int(match.group(1)) if match else default
 
 
+def _only_input(fixture: Fixture, case: Mapping) -> tuple[str, np.ndarray]:
+    """The word and array of a case's single input."""
+    if len(case.get("inputs", {})) != 1:
+        raise KeyError(f"case {case['name']!r}: expected one input, got {sorted(case.get('inputs', {}))}")
+    name, key = next(iter(case["inputs"].items()))
+    return arg_word(name), fixture.data[key]
+
+
+def bicubic_case(fixture: Fixture, case: Mapping, callee: str = "BicubicDownSample") -> dict[str, Tensor]:
+    """A ``BicubicDownSample`` case: every output by its factor (the call's ``word = callee(factor=f)``, the
+    call's only factor, else input size / reference size), stored taps (``const/...<f>``) under their npz keys.
+    An integer input (or one divided by 255 in the call) is scaled to [0, 1] first."""
+    word, array = _only_input(fixture, case)
+    x = torch.from_numpy(np.array(array)).float()
+    if not np.issubdtype(array.dtype, np.floating) or re.search(rf"\b{re.escape(word)}\s*/\s*255", case["call"]):
+        x = x / 255.0
+    given = [(c.targets, int(f)) for c in calls(case, callee) if (f := c.arg("factor", 0)) is not None]
+    assigned = {t: f for targets, f in given for t in targets}
+    out: dict[str, Tensor] = {}
+    for name, target in case["outputs"].items():
+        keys = [k.strip() for k in target.split(",")]
+        if all(k.startswith("const/") for k in keys):  # stored taps, by the factor ending their key
+            out.update({k: bicubic_taps(int(re.search(r"(\d+)$", k).group(1))) for k in keys})
+            continue
+        out_word = arg_word(name)
+        factor = assigned.get(out_word, given[0][1] if len(given) == 1 else None)
+        if factor is None:
+            factor = x.shape[-1] // reference_shape(fixture, case, out_word)[-1]
+        out[name] = bicubic_downsample(x, factor)
+    return out
+
+
 def parity_adapter(fixture: Fixture) -> Callable[[Mapping], dict[str, np.ndarray]]:
-    """Fixture ``hairfast_ops``: pure functions, nothing to load. Factors, smoothing and mixing follow the spec."""
+    """Fixture ``hairfast_ops``: pure functions, nothing to load. Smoothing rounds and mixing follow the
+    constructor (else the case's call, else the defaults); the op of each case, its factors and output sizes
+    follow the case's spec entry."""
     ctor = fixture.constructor
-    smooth = _constructor_int(str(ctor.get("DilateErosion", "")), "dilate_erosion", SMOOTH)
+    stated_smooth = _constructor_int(str(ctor.get("DilateErosion", "")), "dilate_erosion", 0)
     mixing = float(ctor.get("mixing", MIXING))
 
     def tensor(case: Mapping, word: str) -> Tensor:
@@ -146,45 +191,49 @@ def parity_adapter(fixture: Fixture) -> Callable[[Mapping], dict[str, np.ndarray
     def floats(case: Mapping, word: str) -> Tensor:
         return tensor(case, word).float()
 
+    def size(case: Mapping, word: str) -> tuple[int, int]:
+        return reference_shape(fixture, case, word)[-2:]
+
     def run(case: Mapping) -> dict[str, np.ndarray]:
-        name = case["name"]
+        op = case_op(case, PARITY_OPS)
+        rounds = call_arg(case, "DilateErosion", "dilate_erosion", 0)
+        smooth = stated_smooth or (int(rounds) if rounds is not None and rounds.isdigit() else SMOOTH)
+        words = [arg_word(n) for n in case["outputs"]]
         out: dict[str, Tensor | np.ndarray] = {}
-        extra: dict[str, Tensor] = {}
         with torch.no_grad():
-            if name == "bicubic_downsample":
-                x = floats(case, "img_u8") / 255.0
-                for word in ("im_512", "im_256"):
-                    factor = x.shape[-1] // reference_shape(fixture, case, word)[-1]
-                    out[word] = bicubic_downsample(x, factor)
-                for key in (k.strip() for t in case["outputs"].values() for k in t.split(",")):
-                    if key.startswith("const/"):  # the stored taps, by factor (returned under their npz keys)
-                        extra[key] = bicubic_taps(int(re.search(r"(\d+)$", key).group(1)))
-            elif name == "label_remap_and_hair_mask":
-                celeba = bisenet_to_celeba(tensor(case, "bisenet_ids"))
+            if op == "bicubic_downsample":
+                return {k: to_numpy(v) for k, v in bicubic_case(fixture, case).items()}
+            if op == "label_remap_and_hair_mask":
+                celeba = bisenet_to_celeba(tensor(case, _only_input(fixture, case)[0]))
                 celeba = celeba[:, None] if celeba.dim() == 3 else celeba
-                out = {"celeba_512": celeba, "celeba_256": resize_labels(celeba, HAIR_MASK_SIZE),
-                       "hair_mask_256": hair_mask(celeba, HAIR_MASK_SIZE),
-                       "table": np.asarray(BISENET19_TO_CELEBAMASKHQ, dtype=np.uint8)}
-            elif name == "dilate_erosion_smooth5":
-                out["dilate"], out["erode"] = dilate_erode(floats(case, "hair_mask"), smooth)
-            elif name == "embedding_F_mixing":
+                for word in words:  # celeba_<size> / hair_mask_<size> at the reference size, the id table
+                    if word.startswith("celeba"):
+                        out[word] = resize_labels(celeba, size(case, word))
+                    elif word.startswith("hair"):
+                        out[word] = hair_mask(celeba, size(case, word))
+                    elif word == "table":
+                        out[word] = np.asarray(BISENET19_TO_CELEBAMASKHQ, dtype=np.uint8)
+            elif op == "dilate_erosion_smooth5":
+                dilated, eroded = dilate_erode(floats(case, _only_input(fixture, case)[0]), smooth)
+                out = {w: dilated if w.startswith("dilat") else eroded for w in words
+                       if w.startswith(("dilat", "erod"))}
+            elif op == "embedding_F_mixing":
                 out["F_mixed"], out["hair_mask_32"] = mix_embedding_features(
                     floats(case, "F_FS"), floats(case, "F_from_W"), tensor(case, "labels"), mixing)
-            elif name == "alignment_F_blend":
+                out.update({w: out["hair_mask_32"] for w in words if w.startswith("hair_mask")})
+            elif op == "alignment_F_blend":
                 f_face = floats(case, "F_1")
                 masks = alignment_masks(floats(case, "HM1"), floats(case, "HM2"), floats(case, "HMX"),
                                         f_face.shape[-2:], smooth)
                 out = {"masks": masks.masks, "free_mask": masks.free, "interpolation_low": masks.low,
                        "F_align": blend_alignment_features(f_face, floats(case, "F_2"), floats(case, "F_inter"),
                                                            floats(case, "F_out_new"), masks.low)}
-            elif name == "blending_target_mask":
+            elif op == "blending_target_mask":
                 m = blending_masks(tensor(case, "labels_face"), tensor(case, "labels_color"),
                                    floats(case, "HM_X"), smooth)
                 out = {"HM_1D": m.hair_face_dilated, "HM_3D": m.hair_color_dilated, "HM_3E": m.hair_color_eroded,
                        "HM_XD": m.hair_target_dilated, "target_mask": m.target_mask}
-            else:
-                raise KeyError(f"unknown case {name!r}")
-        return {k: to_numpy(v) for k, v in {**case_outputs(case, out), **extra}.items()}
+        return {k: to_numpy(v) for k, v in case_outputs(case, out).items()}
 
     return run
 

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.method import Checkpoint
-from harness.parity import Fixture, fill_value, to_numpy
+from harness.parity import Fixture, Op, arg_word, case_op, fill_value, to_numpy
 from harness.weights import MissingWeights, WeightStore, load_state_dict_into
 
 HF_REPO = "https://huggingface.co/AIRI-Institute/HairFastGAN"
@@ -578,9 +578,15 @@ def _output_name(target: str) -> str:
     return target.split(",")[0].strip().removeprefix("out/").removesuffix("/*")
 
 
+#: the ops of ``sean`` and how a case shows which one it exercises (see :func:`harness.parity.case_op`)
+PARITY_OPS = {"encode_style_codes": Op(call=(r"encode_sean|Zencoder",)),
+              "decode_to_target": Op(call=(r"decode_sean",))}
+
+
 def parity_adapter(fixture: Fixture) -> Callable[[dict], dict[str, np.ndarray]]:
     """Builds the generator from the fixture's constructor, loads its filled state dict (strict) and runs
-    ``encode_style_codes`` (Zencoder) and ``decode_to_target`` (median replacement + render, zero noise)."""
+    the Zencoder (``encode_sean``) or the median replacement + render (``decode_sean``, zero noise), as each
+    case's spec entry says; outputs by name (else by npz key)."""
     generator = SEANGenerator(SeanConfig.from_constructor(fixture.constructor))
     load_state_dict_into(generator, fixture.torch_state_dict(), f"fixture {fixture.name}")
     generator = generator.float().eval()
@@ -592,10 +598,11 @@ def parity_adapter(fixture: Fixture) -> Callable[[dict], dict[str, np.ndarray]]:
 
     def run(case: dict) -> dict[str, np.ndarray]:
         with torch.no_grad():
-            if case["name"] == "encode_style_codes":
+            op = case_op(case, PARITY_OPS)
+            if op == "encode_style_codes":
                 results = {"style_codes": generator.encode_styles(tensor(case, "images").float(),
                                                                   tensor(case, "labels"))}
-            elif case["name"] == "decode_to_target":
+            else:
                 generator.median_style_codes = (tensor(case, "median_style_codes").float()
                                                 if "median_style_codes" in case["inputs"]
                                                 else torch.from_numpy(fixture.consts["median_style_codes"]))
@@ -603,9 +610,8 @@ def parity_adapter(fixture: Fixture) -> Callable[[dict], dict[str, np.ndarray]]:
                 effective = fill_absent_codes(codes, generator.median_style_codes)
                 results = {"decoded": generator.decode(codes, tensor(case, "target_label"), noise="zero"),
                            "decoder_codes_effective": effective}
-            else:
-                raise KeyError(f"unknown case {case['name']!r}")
-        return {name: to_numpy(results[_output_name(target)]) for name, target in case["outputs"].items()}
+        return {name: to_numpy(results[arg_word(name) if arg_word(name) in results else _output_name(target)])
+                for name, target in case["outputs"].items()}
 
     return run
 

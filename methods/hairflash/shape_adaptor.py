@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.method import Checkpoint
-from harness.parity import Fixture, to_numpy
+from harness.parity import Fixture, Op, case_op, to_numpy
 from harness.weights import load_state_dict_into
 from methods.hairflash.iresnet import HF_REPO
 
@@ -412,10 +412,22 @@ def agreement_checked(ours: np.ndarray, reference: np.ndarray, threshold: float)
     return np.asarray(reference, dtype=ours.dtype).copy() if pixel_agreement(ours, reference) >= threshold else ours
 
 
+#: the ops of ``shape_adaptor`` and how a case shows which one it exercises (see :func:`harness.parity.case_op`)
+PARITY_OPS = {"masks_to_codes": Op(call=(r"get_hair_face_code",)),
+              "codes_to_new_shape": Op(call=(r"get_new_shape|forward_decode_by_code",)),
+              "positional_encoding": Op(call=(r"generate_pos_embedding",))}
+
+
+def _mask_number(case: dict, position: int, key: str) -> int:
+    """The ``k`` the call gives the mask input stored at ``key`` (``for k=1 (in/mask_face)``), else position+1."""
+    match = re.search(rf"k\s*=\s*(\d+)\s*\(\s*{re.escape(key)}\s*\)", case.get("call", ""))
+    return int(match.group(1)) if match else position + 1
+
+
 def parity_adapter(fixture: Fixture) -> Callable[[dict], dict[str, np.ndarray]]:
-    """``shape_adaptor``: the generator sized from the spec's state dict, strict load; cases ``masks_to_codes``,
-    ``codes_to_new_shape`` (label maps compared by pixel agreement, see :func:`agreement_checked`) and
-    ``positional_encoding``."""
+    """``shape_adaptor``: the generator sized from the spec's state dict, strict load; per case (as its spec
+    entry says) mask -> codes (``face_code_k``/``hair_code_k`` per mask input), codes -> new shape (label maps
+    compared by pixel agreement, see :func:`agreement_checked`) or the positional encoding."""
     shapes = {e["key"]: tuple(e["shape"]) for e in fixture.spec["state_dict"]}
     model = ShapeAdaptor(config_from_state(shapes, fixture.constructor.get("cfg")))
     load_state_dict_into(model, fixture.torch_state_dict(), f"fixture {fixture.name}")
@@ -424,23 +436,37 @@ def parity_adapter(fixture: Fixture) -> Callable[[dict], dict[str, np.ndarray]]:
     def tensor(case: dict, name: str) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(fixture.input(case, name)))
 
+    def reference_shape(case: dict, word: str) -> tuple[int, ...] | None:
+        target = next((t for n, t in case["outputs"].items() if _word(n) == word), None)
+        ref = None if target is None else fixture.reference(target)
+        return None if ref is None else tuple(int(v) for v in (ref["shape"] if isinstance(ref, dict) else ref.shape))
+
+    def code(case: dict, kind: str) -> Tensor:
+        name = next((n for n in case["inputs"] if _word(n).startswith(kind)), None)
+        if name is None:
+            raise KeyError(f"case {case['name']!r} has no {kind}* input")
+        return tensor(case, name).float()
+
     def run(case: dict) -> dict[str, np.ndarray]:
+        op = case_op(case, PARITY_OPS)
         with torch.no_grad():
-            if case["name"] == "masks_to_codes":
+            if op == "masks_to_codes":
                 values = {}
-                for k, name in ((1, "mask_face"), (2, "mask_shape")):
+                for i, (name, key) in enumerate(case["inputs"].items()):
+                    k = _mask_number(case, i, key)
                     values[f"face_code_{k}"], values[f"hair_code_{k}"] = model.codes(tensor(case, name).long())
-            elif case["name"] == "codes_to_new_shape":
-                face_code, hair_code = tensor(case, "face_code_1").float(), tensor(case, "hair_code_2").float()
+            elif op == "codes_to_new_shape":
+                face_code, hair_code = code(case, "face_code"), code(case, "hair_code")
                 hair_logit, face_logit = model.decode_parts(face_code, hair_code)
                 logits = assemble_logits(face_logit, hair_logit, model.config.hair_label)
                 target = logits_to_labels(logits)[:, None]
                 values = {"target_label": target, "hair_mask_target": (target == model.config.hair_label),
                           "target_prob": torch.softmax(logits, 1), "hair_logit": hair_logit, "face_logit": face_logit}
-            elif case["name"] == "positional_encoding":
-                values = {"pos_embedding": model.position_encoding}
-            else:
-                raise KeyError(f"unknown case {case['name']!r}")
+            else:  # the module's encoding, or one sized like the reference [4*order, size, size]
+                own = tuple(model.position_encoding.shape)
+                shape = reference_shape(case, "pos_embedding") or own
+                values = {"pos_embedding": model.position_encoding if shape[-3:] == own
+                          else position_encoding(shape[-1], shape[-3] // 4)}
         out = {}
         for name, target in case["outputs"].items():
             value = to_numpy(values[_word(name)])

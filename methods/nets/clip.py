@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.method import Checkpoint
-from harness.parity import Fixture
+from harness.parity import Fixture, Op, case_op
 from harness.weights import (
     UnsafeCheckpoint,
     filled_state_dict,
@@ -593,18 +593,21 @@ FEATURE_EXTRACTORS = {"clip_vitb32": feature_extractor}
 # ---------------------------------------------------------------- parity
 
 
+#: the ops of ``clip_vitb32`` and how a case shows which one it exercises (see :func:`harness.parity.case_op`)
+PARITY_OPS = {"encode_image": Op(call=(r"encode_image\(",)), "encode_text": Op(call=(r"encode_text\(",))}
+
+
 def parity_adapter(fixture: Fixture) -> Callable[[dict], dict[str, np.ndarray]]:
     """Builds CLIP from the fixture's constructor, loads its filled state dict (strict), runs
-    ``encode_image`` / ``encode_text`` in float32."""
+    ``encode_image`` / ``encode_text`` (as the case's call says) in float32 on the case's one input."""
     model = CLIP(ClipConfig.from_mapping(fixture.constructor))
     load_state_dict_into(model, fixture.torch_state_dict(), f"fixture {fixture.name}")
     model = model.float().eval()
-    calls = {"encode_image": ("image", model.encode_image), "encode_text": ("text", model.encode_text)}
+    calls = {"encode_image": model.encode_image, "encode_text": model.encode_text}
 
     def run(case: dict) -> dict[str, np.ndarray]:
-        if case["name"] not in calls:
-            raise KeyError(f"unknown case {case['name']!r}")
-        arg, call = calls[case["name"]]
+        call = calls[case_op(case, PARITY_OPS)]
+        (arg,) = case["inputs"]
         value = torch.from_numpy(np.ascontiguousarray(fixture.input(case, arg)))
         with torch.no_grad():
             out = call(value.float() if value.dtype.is_floating_point else value.long())

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.method import Checkpoint
-from harness.parity import Fixture, fill_value
+from harness.parity import Fixture, Op, case_op, fill_value
 from harness.weights import load_state_dict_into
 
 CHECKPOINT = Checkpoint(
@@ -257,17 +257,23 @@ def load_e4e(weights, device: str | torch.device = "cpu",
 
 # ---------------------------------------------------------------- parity
 
+#: the op of ``e4e`` and how a case shows it (see :func:`harness.parity.case_op`)
+PARITY_OPS = {"encode": Op(outputs=("codes",))}
+
+
 def parity_adapter(fixture: Fixture) -> Callable[[dict], dict[str, np.ndarray]]:
     """Builds the encoder from the fixture's constructor, loads its filled state dict (strict) and returns
-    ``codes`` and ``codes_plus_avg`` for the ``encode`` case."""
+    ``codes`` and ``codes_plus_avg`` for a case encoding its image input (``x``, or the one other than
+    ``latent_avg``)."""
     encoder = Encoder4Editing(E4EConfig.from_constructor(fixture.constructor))
     load_state_dict_into(encoder, fixture.torch_state_dict(), f"fixture {fixture.name}")
     encoder = encoder.float().eval()
 
     def run(case: dict) -> dict[str, np.ndarray]:
-        if case["name"] != "encode":
-            raise KeyError(f"unknown case {case['name']!r}")
-        x = torch.from_numpy(np.ascontiguousarray(fixture.input(case, "x"))).float()
+        case_op(case, PARITY_OPS)
+        images = [arg for arg in case["inputs"] if arg != "latent_avg"]
+        image = "x" if "x" in images else images[0]
+        x = torch.from_numpy(np.ascontiguousarray(fixture.input(case, image))).float()
         with torch.no_grad():
             codes = encoder(x)
             outputs = {"codes": codes}

@@ -26,6 +26,7 @@ Weights: the trunk comes from torchvision's ImageNet ``vgg16-397923af.pth`` (``f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.method import Checkpoint
-from harness.parity import Fixture, to_numpy
+from harness.parity import Fixture, Op, call_arg, case_op, to_numpy
 from harness.weights import WeightStore, load_state_dict_into
 
 VGG16_IMAGENET = Checkpoint(
@@ -251,9 +252,25 @@ FEATURE_EXTRACTORS = {"lpips_vgg": lpips_extractor}
 
 # ---------------------------------------------------------------- parity
 
+#: the ops of ``lpips_vgg`` and how a case shows which one it exercises (see :func:`harness.parity.case_op`)
+PARITY_OPS = {
+    "distance": Op(call=(r"spatial\s*=\s*False|PNetLin\.forward",)),
+    "spatial": Op(call=(r"spatial\s*=\s*True",)),
+    "masked": Op(call=(r"masked",), names=("masked_blocks123", "masked_blocks123_nomask")),
+}
+
+
+def _blocks(text: str | None, default: Sequence[int | str]) -> tuple[int, ...]:
+    """VGG blocks from ``"['1','2','3']"`` (the call's ``vgg_blocks``), else ``default``."""
+    found = re.findall(r"\d+", text or "")
+    return tuple(int(b) for b in (found or default))
+
+
 def parity_adapter(fixture: Fixture) -> Callable[[Mapping], dict[str, np.ndarray]]:
-    """Fixture ``lpips_vgg``: distance, layer terms, spatial map, masked distance (blocks from the spec)."""
-    blocks = fixture.constructor.get("masked_vgg_blocks", (1, 2, 3))
+    """Fixture ``lpips_vgg``: distance, layer terms, spatial map, masked distance (blocks from the constructor,
+    else the case's call); the op of each case follows its spec entry."""
+    stated = fixture.constructor.get("masked_vgg_blocks")
+    blocks = _blocks(None, stated or (1, 2, 3))
     net = MaskedLPIPS(blocks)
     state = {k: torch.from_numpy(np.array(v)) for k, v in fixture.state_dict().items()}
     load_state_dict_into(net, state, f"fixture {fixture.name}")
@@ -262,16 +279,15 @@ def parity_adapter(fixture: Fixture) -> Callable[[Mapping], dict[str, np.ndarray
     def run(case: Mapping) -> dict[str, np.ndarray]:
         inputs = {arg: torch.from_numpy(fixture.input(case, arg)).float() for arg in case["inputs"]}
         in0, in1 = inputs["in0"], inputs["in1"]
-        name = case["name"]
+        op = case_op(case, PARITY_OPS)
         with torch.no_grad():
-            if name == "distance":
+            if op == "distance":
                 out = {"d": LPIPS.forward(net, in0, in1), "per_layer": net.per_layer(in0, in1)}
-            elif name == "spatial":
+            elif op == "spatial":
                 out = {"map": net.spatial_map(in0, in1)}
-            elif name.startswith("masked"):
-                out = {"d": net(in0, in1, inputs.get("mask"))}
             else:
-                raise KeyError(f"unknown case {name!r}")
+                case_blocks = blocks if stated else _blocks(call_arg(case, "PerceptualLoss", "vgg_blocks"), blocks)
+                out = {"d": masked_lpips(net, in0, in1, inputs.get("mask"), case_blocks)}
         return {k: to_numpy(v) for k, v in out.items() if k in case["outputs"]}
 
     return run

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.method import Checkpoint
+from harness.parity import Op, calls, case_op
 
 SQRT2 = math.sqrt(2.0)
 LRELU_SLOPE = 0.2
@@ -718,14 +719,14 @@ def load_generator(weights, device: torch.device | str = "cpu", size: int = 1024
 
 # ---------------------------------------------------------------- parity adapters
 
-def _stage_of(resolution: int) -> int:
-    return int(math.log2(resolution)) - 2
+#: the ops of ``stylegan2`` / ``stylegan2_1024`` and how a case shows which one it exercises
+PARITY_OPS = {"mapping": Op(call=(r"\.style\(",)), "synthesis": Op(call=(r"(?<![\w.])generator\(",))}
 
 
 def parity_adapter(fixture):
-    """Adapter for the ``stylegan2`` / ``stylegan2_1024`` fixtures (driven by the constructor and case names)."""
-    import re
-
+    """Adapter for the ``stylegan2`` / ``stylegan2_1024`` fixtures: ``generator.style(z)``, or the case's
+    ``generator([styles], start_layer=.., end_layer=.., layer_in=..)`` calls in order (input ``styles`` for the
+    first, ``styles2`` for the second, ...; a ``layer_in`` named by an earlier call's result takes its F)."""
     from harness.weights import load_state_dict_into
 
     cons = dict(fixture.constructor)
@@ -739,25 +740,18 @@ def parity_adapter(fixture):
 
     @torch.no_grad()
     def run(case: dict) -> dict[str, Any]:
-        name = case["name"]
-        if name == "mapping":
-            return {"w": gen.mapping(tensor(case, "z"))}
-        styles = tensor(case, "styles")
-        if name.startswith("synth"):
-            return {"image": gen.synthesis(styles).rgb}
-        if m := re.fullmatch(r"features_end(\d+)", name):
-            out = gen.synthesis(styles, end_layer=int(m[1]))
-            return {"F": out.features, "skip": out.rgb}
-        if m := re.fullmatch(r"features_from(\d+)", name):
-            stage = _stage_of(int(m[1])) + 1
-            out = gen.synthesis(styles, start_layer=stage, end_layer=stage, layer_in=tensor(case, "layer_in"))
-            return {"F": out.features, "skip": out.rgb}
-        if m := re.fullmatch(r"render_start(\d+)", name):
-            return {"image": gen.synthesis(styles, start_layer=int(m[1]), layer_in=tensor(case, "layer_in")).rgb}
-        if m := re.fullmatch(r"chain_end(\d+)_start(\d+)", name):
-            feats = gen.synthesis(styles, end_layer=int(m[1])).features
-            return {"image": gen.synthesis(tensor(case, "styles2"), start_layer=int(m[2]), layer_in=feats).rgb}
-        raise KeyError(f"unknown stylegan2 case {name!r}")
+        if case_op(case, PARITY_OPS) == "mapping":
+            return {"w": gen.mapping(tensor(case, next(iter(case["inputs"]))))}
+        features: dict[str, Tensor] = {}
+        for i, call in enumerate(calls(case, "generator")):
+            layer_in, end = call.arg("layer_in"), call.arg("end_layer")
+            if layer_in is not None:
+                layer_in = features[layer_in] if layer_in in features else tensor(case, "layer_in")
+            out = gen.synthesis(tensor(case, "styles" if i == 0 else f"styles{i + 1}"),
+                                start_layer=int(call.arg("start_layer") or 0),
+                                end_layer=None if end is None else int(end), layer_in=layer_in)
+            features.update({target: out.features for target in call.targets[:1]})
+        return {"image": out.rgb, "F": out.features, "skip": out.rgb}
 
     return run
 
