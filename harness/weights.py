@@ -269,20 +269,26 @@ def filled_state_dict(module, namespace: str, recipe: Recipe | None = None,
     ``recipe(key, shape)`` gives the fill (``{"kind": "normal", "mean", "std"}``, ``"const"`` or ``"int_zero"``);
     ``const`` entries keep the module's own value (e.g. blur kernels the module computes itself).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     recipe = recipe or default_recipe
-    out = {}
-    for key, tensor in module.state_dict().items():
+
+    def one(item: tuple[str, Any]) -> Any:
+        key, tensor = item
         fill = recipe(key, tuple(tensor.shape))
         if fill["kind"] == "const":
-            out[key] = (torch.as_tensor(consts[key]) if consts and key in consts else tensor.clone())
-        elif fill["kind"] == "int_zero":
-            out[key] = torch.zeros_like(tensor)
-        else:
-            value = fill_value(namespace, key, tensor.shape, fill.get("mean", 0.0), fill.get("std", 1.0))
-            out[key] = torch.from_numpy(np.asarray(value)).to(tensor.dtype)  # 0-d fills come back as numpy scalars
-    return out
+            return torch.as_tensor(consts[key]) if consts and key in consts else tensor.clone()
+        if fill["kind"] == "int_zero":
+            return torch.zeros_like(tensor)
+        value = fill_value(namespace, key, tensor.shape, fill.get("mean", 0.0), fill.get("std", 1.0))
+        return torch.from_numpy(np.asarray(value)).to(tensor.dtype)  # 0-d fills come back as numpy scalars
+
+    items = list(module.state_dict().items())
+    # numpy's generators release the GIL: the entries are independent, so threads fill them in parallel
+    with ThreadPoolExecutor(max(1, min(torch.get_num_threads(), 8))) as pool:
+        return dict(zip((k for k, _ in items), pool.map(one, items), strict=True))
 
 
 def checkpoint_registry(method_classes: Mapping[str, type], extra: Iterable[Checkpoint] = ()) -> list[Checkpoint]:
