@@ -200,7 +200,53 @@ def cmd_weights(args: argparse.Namespace) -> int:
         print(f"{s.state:<11} {c.filename:<34} {c.purpose} (used by {', '.join(c.used_by) or '-'}){where}")
         if s.state != "found":
             print(f"            source: {c.source}")
+            if c.download:
+                print(f"            `harness weights download` fetches it from: {', '.join(c.download)}")
     return EXIT_OK
+
+
+def weights_to_fetch(methods: str | None, metrics: bool) -> list:
+    """The registry's checkpoints for ``--methods A,B:variant`` and ``--metrics`` (neither: every known file)."""
+    from harness import download, plugins
+    from harness.method import parse_spec
+    from harness.weights import checkpoint_registry
+
+    classes = plugins.method_classes()
+    registry = checkpoint_registry(classes, plugins.extra_checkpoints())
+    chosen = []
+    for spec in (methods or "").split(","):
+        if not spec.strip():
+            continue
+        name, variant = parse_spec(spec)
+        if name not in classes:
+            raise CliError(f"--methods: unknown method {name!r} (known: {', '.join(sorted(classes))})")
+        try:
+            chosen += list(classes[name](variant=variant).checkpoints())
+        except ValueError as exc:
+            raise CliError(f"--methods: {exc}") from None
+    return download.select(registry, chosen, metrics, everything=not methods and not metrics)
+
+
+def cmd_weights_download(args: argparse.Namespace) -> int:
+    from harness import download
+    from harness.weights import WeightStore
+
+    try:
+        mirrors = download.parse_mirrors(args.mirror or [])
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    checkpoints = weights_to_fetch(args.methods, args.metrics)
+    searched = WeightStore(args.weights_dir).search_dirs
+    root = Path(args.dir).expanduser() if args.dir else searched[0]
+    store = WeightStore(root)
+    store.search_dirs += [d for d in searched if d not in store.search_dirs]
+    print(f"downloading {len(checkpoints)} file(s) into {root}", file=sys.stderr)
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    outcomes = download.fetch_all(checkpoints, root, store, progress=not args.quiet, mirrors=mirrors, log=log)
+    print(download.summary(outcomes))
+    if root not in WeightStore().search_dirs and any(o.state == "fetched" for o in outcomes):
+        print(f"note: {root} is not searched by default: pass --weights-dir {root} or add it to $HARNESS_WEIGHTS")
+    return EXIT_FAIL if any(o.state in ("failed", "no source") for o in outcomes) else EXIT_OK
 
 
 # ------------------------------------------------------------------------------------------------ parity
@@ -354,6 +400,24 @@ def build_parser(with_trainers: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--weights-dir", metavar="DIR")
     p.add_argument("--verify", action="store_true", help="also check sha256 hashes (reads every file)")
     p.set_defaults(func=cmd_weights)
+    wsub = p.add_subparsers(dest="weights_command", metavar="VERB")
+    d = wsub.add_parser("download", help="fetch the known files from their official sources",
+                        description="Fetch each selected checkpoint from its official source (direct HTTPS, Google "
+                        "Drive, the Hugging Face Hub) into DIR/<key>/<filename>: resumes partial files, checks the "
+                        "known size and sha256, writes atomically, skips files already there. Says what could not be "
+                        "fetched and why (offline, HTTP errors, form-gated files); exit 1 if anything is missing. "
+                        "Nothing else in the harness downloads.")
+    d.add_argument("--methods", metavar="A,B", help="only these methods' files (name or name:variant)")
+    d.add_argument("--metrics", action="store_true", help="the metrics' files (Inception, CLIP, LPIPS, BiSeNet)")
+    d.add_argument("--dir", metavar="DIR", help="destination (default: the first weight directory searched: "
+                   "--weights-dir, $HARNESS_WEIGHTS, else the user cache)")
+    d.add_argument("--weights-dir", metavar="DIR", default=argparse.SUPPRESS,
+                   help="also count files found here as already there (and the default --dir)")
+    d.add_argument("--mirror", action="append", metavar="PREFIX=REPLACEMENT",
+                   help="rewrite source URLs starting with PREFIX (repeatable), e.g. a local mirror; "
+                        "https://huggingface.co=URL sets the Hub endpoint")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=cmd_weights_download)
 
     p = sub.add_parser("parity", help="check our networks against official parity fixtures",
                        description="Load each fixture, fill our module by its rule, run its cases; prints "

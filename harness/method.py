@@ -41,6 +41,10 @@ class Checkpoint:
     # A fixed location tried after the weight directories: a file shipped inside a package (the CycleGAN
     # translators) or named by a method parameter. Absolute.
     local_path: str = ""
+    # Where `harness weights download` fetches it from, tried in order: "https://..." (a direct link),
+    # "gdrive:<file id>" (Google Drive), "hf:<owner>/<repo>/<path in repo>" (a Hugging Face Hub model repository).
+    # Empty: no automatic source (form-gated, ours to train, or no published link); ``source`` says why.
+    download: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

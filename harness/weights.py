@@ -79,7 +79,8 @@ class CheckpointStatus:
         c = self.checkpoint
         return {"key": c.key, "filename": c.filename, "state": self.state,
                 "path": str(self.path) if self.path else None, "size": self.size, "expected_size": c.size,
-                "sha256": c.sha256, "source": c.source, "purpose": c.purpose, "used_by": list(c.used_by)}
+                "sha256": c.sha256, "source": c.source, "download": list(c.download), "purpose": c.purpose,
+                "used_by": list(c.used_by)}
 
 
 def sha256_file(path: Path, cache: Path | None = None) -> str:

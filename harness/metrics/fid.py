@@ -62,6 +62,7 @@ INCEPTION = Checkpoint(
     purpose="Inception-v3 feature network (TensorFlow 2015-12-05 graph as TorchScript) for FID and KID "
             "(clean-fid, StyleGAN2-ADA)",
     used_by=("metrics: fid, kid",),
+    download=(INCEPTION_URL,),
 )
 INCEPTION_NAME = "inception"
 CLIP_NAME = "clip_vitb32"  # feature-extractor plugin; its checkpoint (ViT-B-32.pt) is declared by the CLIP module

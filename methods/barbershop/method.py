@@ -59,6 +59,7 @@ PCA_CHECKPOINT = Checkpoint(
             "when absent",
     used_by=("barbershop",),
     official_path="ffhq_PCA.npz",
+    download=("https://github.com/ZPdesu/Barbershop/raw/main/pretrained_models/ffhq_PCA.npz",),
 )
 PCA_FIT_SEED = 0
 

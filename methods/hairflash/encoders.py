@@ -72,6 +72,7 @@ ROTATE_CHECKPOINT = Checkpoint(
     filename="rotate_best.pth",
     source=f"{HF_REPO} pretrained_models/Rotate/rotate_best.pth (26.3 MB on the Hub)",
     purpose="HairFast rotate encoder (pose alignment of the shape image's W+ rows 0..5); {'model_state_dict': ...}",
+    download=("hf:AIRI-Institute/HairFastGAN/pretrained_models/Rotate/rotate_best.pth",),
 )
 BLENDING_CHECKPOINT = Checkpoint(
     key="hairfast_blending",
@@ -80,12 +81,14 @@ BLENDING_CHECKPOINT = Checkpoint(
            "checkpoint_old.pth and checkpoint_old2.pth, unused)",
     purpose="HairFast blending encoder (ClipBlendingModel) without its CLIP part; {'model_state_dict': ...}. "
             "Needs clip_vitb32 (ViT-B-32.pt) too",
+    download=("hf:AIRI-Institute/HairFastGAN/pretrained_models/Blending/checkpoint.pth",),
 )
 POSTPROCESS_CHECKPOINT = Checkpoint(
     key="hairfast_postprocess",
     filename="pp_model.pth",
     source=f"{HF_REPO} pretrained_models/PostProcess/pp_model.pth (797 MB on the Hub)",
     purpose="HairFast post-processing encoder; {'model_state_dict', 'D' (training discriminator), 'cur_iter'}",
+    download=("hf:AIRI-Institute/HairFastGAN/pretrained_models/PostProcess/pp_model.pth",),
 )
 POSTPROCESS_LATENT_AVG = Checkpoint(
     key="hairfast_postprocess_latent_avg",
@@ -93,6 +96,7 @@ POSTPROCESS_LATENT_AVG = Checkpoint(
     source=f"{HF_REPO} pretrained_models/PostProcess/latent_avg.pt (2.8 kB on the Hub, i.e. about 512 float32 "
            "values: a W mean broadcast over the 18 rows)",
     purpose="average latent added to the post-processing encoder's final S",
+    download=("hf:AIRI-Institute/HairFastGAN/pretrained_models/PostProcess/latent_avg.pt",),
 )
 CHECKPOINTS = [ROTATE_CHECKPOINT, BLENDING_CHECKPOINT, POSTPROCESS_CHECKPOINT, POSTPROCESS_LATENT_AVG]
 

@@ -47,6 +47,7 @@ FSE_CHECKPOINT = Checkpoint(
     source=f"{HF_REPO} pretrained_models/FeatureStyleEncoder/143_enc.pth (456 MB on the Hub)",
     purpose="HairFast Feature-Style encoder (fs_encoder_v2, iresnet-50 trunk): image -> S [18,512] and F "
             "content [512,16,16]; a bare state dict",
+    download=("hf:AIRI-Institute/HairFastGAN/pretrained_models/FeatureStyleEncoder/143_enc.pth",),
 )
 PSP_CHECKPOINT = Checkpoint(
     key="hairfast_psp_ffhq",
@@ -54,6 +55,7 @@ PSP_CHECKPOINT = Checkpoint(
     source=f"{HF_REPO} pretrained_models/FeatureStyleEncoder/psp_ffhq_encode.pt (1.2 GB on the Hub; the pSp "
            "FFHQ encoder of eladrich/pixel2style2pixel)",
     purpose="pSp FFHQ checkpoint; HairFast's FS encoder reads only its 'latent_avg' (added to the 18 style rows)",
+    download=("hf:AIRI-Institute/HairFastGAN/pretrained_models/FeatureStyleEncoder/psp_ffhq_encode.pt",),
 )
 CHECKPOINTS = [FSE_CHECKPOINT, PSP_CHECKPOINT]
 

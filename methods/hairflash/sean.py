@@ -70,6 +70,7 @@ CHECKPOINT = Checkpoint(
            "CelebA-HQ generator; HairFast loads it via Pix2PixModel(SEAN_OPT))",
     purpose="HairFast Alignment-stage inpainting: SEAN SPADEGenerator + Zencoder; netG's bare state dict",
     official_path="sean_checkpoints/CelebA-HQ_pretrained/latest_net_G.pth",
+    download=("hf:AIRI-Institute/HairFastGAN/pretrained_models/sean_checkpoints/CelebA-HQ_pretrained/latest_net_G.pth",),
 )
 MEDIAN_CODES_CHECKPOINT = Checkpoint(
     key="hairfast_sean_median_codes",

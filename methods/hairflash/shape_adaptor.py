@@ -55,6 +55,7 @@ CHECKPOINT = Checkpoint(
     purpose="HairFast shape adaptor: face code of the face mask + hair code of the rotated shape mask -> target "
             "segmentation; bare state dict of CtrlHair's shape Generator",
     official_path="ShapeAdaptor/mask_generator.pth",
+    download=("hf:AIRI-Institute/HairFastGAN/pretrained_models/ShapeAdaptor/mask_generator.pth",),
 )
 CHECKPOINTS = [CHECKPOINT]
 

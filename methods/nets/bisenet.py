@@ -63,6 +63,8 @@ BISENET19 = Checkpoint(
            "https://huggingface.co/AIRI-Institute/HairFastGAN "
            "pretrained_models/BiSeNet/face_parsing_79999_iter.pth",
     purpose="BiSeNet face parser, 19 CelebAMask-HQ classes (hair masks for HairFast and the metrics)",
+    download=("gdrive:154JgKpzCPW82qINcVieuPH3fZ2e0P812",
+              "hf:AIRI-Institute/HairFastGAN/pretrained_models/BiSeNet/face_parsing_79999_iter.pth"),
 )
 BISENET16 = Checkpoint(
     key="bisenet16",
@@ -70,6 +72,7 @@ BISENET16 = Checkpoint(
     source="https://drive.google.com/file/d/1lIKvQaFKHT5zC7uS4p17O9ZpfwmwlS62/view (ZPdesu/Barbershop "
            "utils/model_utils.py, pretrained_models/seg.pth)",
     purpose="Barbershop's 16-class BiSeNet face parser (segmentation targets and losses)",
+    download=("gdrive:1lIKvQaFKHT5zC7uS4p17O9ZpfwmwlS62",),
 )
 CHECKPOINTS = [BISENET19, BISENET16]
 

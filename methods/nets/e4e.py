@@ -34,6 +34,8 @@ CHECKPOINT = Checkpoint(
            "1cUv_reLE6k3604or78EranS7XzuVMWeO); HairFast ships it as "
            "https://huggingface.co/AIRI-Institute/HairFastGAN pretrained_models/encoder4editing/e4e_ffhq_encode.pt",
     purpose="e4e FFHQ encoder: image -> StyleGAN2 W+ (HairFast embedding; HairCLIP inversion)",
+    download=("gdrive:1cUv_reLE6k3604or78EranS7XzuVMWeO",
+              "hf:AIRI-Institute/HairFastGAN/pretrained_models/encoder4editing/e4e_ffhq_encode.pt"),
 )
 CHECKPOINTS = [CHECKPOINT]
 

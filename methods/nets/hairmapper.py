@@ -55,6 +55,7 @@ GENERATOR_CHECKPOINT = Checkpoint(
     purpose="HairMapper's StyleGAN2-ADA FFHQ 1024 generator (the latent space its mapper edits): a bare NVlabs "
             "stylegan2-ada Generator state dict (mapping.fc*, synthesis.b*), loaded onto the shared StyleGAN2",
     official_path="ckpts/StyleGAN2-ada-Generator.pth",
+    download=("gdrive:1EsGehuEdY4z4t21o2LgW2dSsyN3rxYLJ",),
 )
 CHECKPOINTS = [CHECKPOINT, GENERATOR_CHECKPOINT]
 

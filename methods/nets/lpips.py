@@ -44,6 +44,7 @@ VGG16_IMAGENET = Checkpoint(
     filename="vgg16-397923af.pth",
     source="https://download.pytorch.org/models/vgg16-397923af.pth (torchvision VGG16_Weights.IMAGENET1K_V1)",
     purpose="VGG16 ImageNet trunk of LPIPS (torchvision layout: features.N.*, classifier.*)",
+    download=("https://download.pytorch.org/models/vgg16-397923af.pth",),
 )
 LPIPS_VGG_HEADS = Checkpoint(
     key="lpips_vgg_v0.1",
@@ -53,6 +54,7 @@ LPIPS_VGG_HEADS = Checkpoint(
     purpose="LPIPS v0.1 linear heads for the VGG16 trunk (lin0..lin4.model.1.weight)",
     size=7289,
     sha256="a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
+    download=("https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth",),
 )
 CHECKPOINTS = [VGG16_IMAGENET, LPIPS_VGG_HEADS]
 

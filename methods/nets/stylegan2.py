@@ -56,6 +56,8 @@ CHECKPOINT = Checkpoint(
             "Barbershop: https://drive.google.com/file/d/1AT6bNR2ppK8f2ETL_evT27f3R_oyWNHS "
             "(ZPdesu/Barbershop utils/model_utils.py, pretrained_models/ffhq.pt)"),
     purpose="StyleGAN2 FFHQ 1024 generator, rosinality format {'g_ema': state_dict, 'latent_avg': [512]}",
+    download=("hf:AIRI-Institute/HairFastGAN/pretrained_models/StyleGAN/ffhq.pt",
+              "gdrive:1AT6bNR2ppK8f2ETL_evT27f3R_oyWNHS"),
 )
 CHECKPOINTS = [CHECKPOINT]
 
