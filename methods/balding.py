@@ -35,6 +35,7 @@ from methods.nets import hairmapper, stylegan2
 from methods.nets.bisenet import BiSeNet, imagenet_normalize
 from methods.nets.e4e import Encoder4Editing
 from methods.nets.stylegan2 import Generator
+from methods.ops import signed_tensor
 
 E4E_SIZE = 256
 PARSER_SIZE = 512
@@ -91,7 +92,7 @@ def _to_tensor(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
 def bald_latent(nets: BaldingNets, rgb: np.ndarray) -> torch.Tensor:
     """Steps 1-2: the edited W+ [1,18,512] of an RGB uint8 image."""
     small = np.asarray(Image.fromarray(rgb).resize((E4E_SIZE, E4E_SIZE), Image.Resampling.BILINEAR))
-    w = nets.e4e.encode(_to_tensor(small, nets.device).sub(0.5).div(0.5))
+    w = nets.e4e.encode(signed_tensor(small).to(nets.device))
     return hairmapper.render_latent(hairmapper.w_edit(w, nets.mapper(w), nets.alpha))
 
 

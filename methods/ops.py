@@ -63,6 +63,19 @@ def tensor_to_pil(image: Tensor) -> Image.Image:
     return Image.fromarray(x.permute(1, 2, 0).cpu().numpy(), "RGB")
 
 
+
+def resized_pixels(image: Image.Image, size: int, resample: Image.Resampling) -> np.ndarray:
+    """RGB pixels ``[size,size,3]`` (uint8) of ``image`` resized to ``size`` (unchanged when already that size)."""
+    rgb = image.convert("RGB")
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), resample)
+    return np.array(rgb, dtype=np.uint8)
+
+
+def signed_tensor(pixels: np.ndarray) -> Tensor:
+    """uint8 ``[H,W,3]`` -> ``[1,3,H,W]`` in [-1, 1] (``ToTensor`` then mean/std 0.5, as pSp/e4e preprocess)."""
+    return torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)[None]
+
 def dilate_erode(mask: Tensor, n: int = 5) -> tuple[Tensor, Tensor]:
     """``(dilated, eroded)`` masks after ``n`` rounds of a 3x3 plus-shaped convolution with zero padding.
 

@@ -53,7 +53,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -69,7 +68,7 @@ from methods.hairflash.checkpoints import OfficialLayout, official
 from methods.nets import arcface, bisenet, clip, e4e, stylegan2
 from methods.nets.bisenet import BISENET19_HAIR, FaceParser
 from methods.nets.e4e import E4EConfig
-from methods.ops import tensor_to_pil
+from methods.ops import resized_pixels, signed_tensor, tensor_to_pil
 
 E4E_SIZE = 256
 QUICK_STEPS = 20
@@ -188,18 +187,6 @@ class Terms:
 
     def floats(self) -> dict[str, float]:
         return {name: float(getattr(self, name).detach()) for name in ("total", "clip", "l2", "identity")}
-
-
-def resized_pixels(image: Image.Image, size: int, resample: Image.Resampling) -> np.ndarray:
-    rgb = image.convert("RGB")
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), resample)
-    return np.array(rgb, dtype=np.uint8)
-
-
-def signed_tensor(pixels: np.ndarray) -> Tensor:
-    """uint8 ``[H,W,3]`` -> ``[1,3,H,W]`` in [-1, 1]."""
-    return torch.from_numpy(pixels).permute(2, 0, 1).float().div(127.5).sub(1)[None]
 
 
 # ---------------------------------------------------------------- the method

@@ -37,7 +37,7 @@ from methods.cache import StageCache, image_key
 from methods.cache import cache_key as versioned_key
 from methods.nets import e4e, hairclip, unet_parser
 from methods.nets.e4e import E4EConfig
-from methods.ops import tensor_to_pil
+from methods.ops import resized_pixels, signed_tensor, tensor_to_pil
 
 SIZE = 1024
 E4E_SIZE = 256
@@ -53,19 +53,6 @@ class HairCLIPParams:
 
     cache: bool = True
     cache_entries: int = 256
-
-
-def resized_pixels(image: Image.Image, size: int, resample: Image.Resampling) -> np.ndarray:
-    """RGB pixels ``[size,size,3]`` (uint8) of ``image`` resized to ``size``."""
-    rgb = image.convert("RGB")
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), resample)
-    return np.array(rgb, dtype=np.uint8)
-
-
-def signed_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 ``[H,W,3]`` -> ``[1,3,H,W]`` in [-1, 1] (``ToTensor`` then mean/std 0.5)."""
-    return torch.from_numpy(pixels).permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)[None]
 
 
 def to_signed_tensor(image: Image.Image, size: int, resample: Image.Resampling) -> torch.Tensor:
