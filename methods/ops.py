@@ -72,9 +72,15 @@ def resized_pixels(image: Image.Image, size: int, resample: Image.Resampling) ->
     return np.array(rgb, dtype=np.uint8)
 
 
+def unit_tensor(image: Image.Image) -> Tensor:
+    """RGB PIL -> ``[1,3,H,W]`` float in [0, 1] (``ToTensor``)."""
+    return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).float().div(255)[None]
+
+
 def signed_tensor(pixels: np.ndarray) -> Tensor:
     """uint8 ``[H,W,3]`` -> ``[1,3,H,W]`` in [-1, 1] (``ToTensor`` then mean/std 0.5, as pSp/e4e preprocess)."""
     return torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)[None]
+
 
 def dilate_erode(mask: Tensor, n: int = 5) -> tuple[Tensor, Tensor]:
     """``(dilated, eroded)`` masks after ``n`` rounds of a 3x3 plus-shaped convolution with zero padding.

@@ -21,11 +21,11 @@ from harness import synthetic
 from harness.parity import check
 from harness.weights import WeightStore, filled_state_dict, sha256_file
 from methods.barbershop import losses, pipeline
-from methods.barbershop.method import Barbershop, pil_to_tensor, tensor_to_pil
+from methods.barbershop.method import Barbershop, tensor_to_pil
 from methods.barbershop.params import QUICK_STEPS, BarbershopParams
 from methods.cache import NpzStore
 from methods.nets import bisenet, lpips, stylegan2
-from methods.ops import dilate_erode
+from methods.ops import dilate_erode, resized_pixels, signed_tensor
 
 SMALL = {"size": 64, "channel_multiplier": 1}
 
@@ -49,7 +49,7 @@ def portraits(tmp_path_factory) -> list[Image.Image]:
 
 
 def image_batch(images: list[Image.Image], size: int) -> torch.Tensor:
-    return torch.cat([pil_to_tensor(im.resize((size, size), Image.Resampling.LANCZOS)) for im in images])
+    return torch.cat([signed_tensor(resized_pixels(im, size, Image.Resampling.LANCZOS)) for im in images])
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -50,6 +50,7 @@ from methods.barbershop.params import BarbershopParams
 from methods.nets import stylegan2
 from methods.nets.bisenet import BISENET16, load_bisenet
 from methods.nets.lpips import LPIPS_VGG_HEADS, VGG16_IMAGENET, load_lpips
+from methods.ops import signed_tensor
 
 PCA_CHECKPOINT = Checkpoint(
     key="barbershop_ffhq_pca",
@@ -72,12 +73,6 @@ class InputImage:
     name: str  # harness image id, or a key prefix
     hi: torch.Tensor  # [1,3,size,size] in [-1,1]
     lo: torch.Tensor  # [1,3,L,L] in [-1,1], PIL LANCZOS from the working-size image
-
-
-def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """``transforms.ToTensor`` then ``Normalize(0.5, 0.5)``: ``[1,3,H,W]`` in [-1,1]."""
-    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
-    return x.sub(0.5).div(0.5)[None]
 
 
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:
@@ -213,7 +208,8 @@ class Barbershop(Method):
             low = rgb if p.low_size == p.size else rgb.resize((p.low_size, p.low_size), Image.Resampling.LANCZOS)
             name = annotations.of(image).image_id or key[:12]
             device = self.nets.device
-            images[key] = InputImage(key, name, pil_to_tensor(rgb).to(device), pil_to_tensor(low).to(device))
+            images[key] = InputImage(key, name, signed_tensor(np.array(rgb)).to(device),
+                                     signed_tensor(np.array(low)).to(device))
         return key
 
     def _batch_size(self) -> int:

@@ -55,7 +55,7 @@ from methods.hairflash.checkpoints import OfficialLayout
 from methods.hairflash.params import HairFlashParams
 from methods.hairflash.pipeline import Embedding, HairShape, Inpainting
 from methods.hairflash.variants import DEFAULT_VARIANT, VARIANTS, Variant
-from methods.ops import tensor_to_pil
+from methods.ops import tensor_to_pil, unit_tensor
 
 Pair = tuple[str, str]
 # The weight files whose identity (sha256, or the fill rule) the cached stages depend on, by network name.
@@ -109,11 +109,6 @@ class Finished:
     @property
     def image(self) -> torch.Tensor:
         return self.final.image[self.index]
-
-
-def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL -> ``[1,3,H,W]`` float in [0, 1]."""
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)[None]
 
 
 def _cat(tensors) -> torch.Tensor:
@@ -249,7 +244,7 @@ class HairFlash(Method):
         key = image_key(pixels)
         if key not in images:
             name = annotations.of(image).image_id or key[:12]
-            images[key] = InputImage(key, name, pil_to_tensor(rgb).to(self.device))
+            images[key] = InputImage(key, name, unit_tensor(rgb).to(self.device))
         return key
 
     # ------------------------------------------------------------ stage 1
