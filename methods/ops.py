@@ -63,7 +63,6 @@ def tensor_to_pil(image: Tensor) -> Image.Image:
     return Image.fromarray(x.permute(1, 2, 0).cpu().numpy(), "RGB")
 
 
-
 def resized_pixels(image: Image.Image, size: int, resample: Image.Resampling) -> np.ndarray:
     """RGB pixels ``[size,size,3]`` (uint8) of ``image`` resized to ``size`` (unchanged when already that size)."""
     rgb = image.convert("RGB")
@@ -72,9 +71,9 @@ def resized_pixels(image: Image.Image, size: int, resample: Image.Resampling) ->
     return np.array(rgb, dtype=np.uint8)
 
 
-def unit_tensor(image: Image.Image) -> Tensor:
-    """RGB PIL -> ``[1,3,H,W]`` float in [0, 1] (``ToTensor``)."""
-    return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).float().div(255)[None]
+def unit_tensor(pixels: np.ndarray) -> Tensor:
+    """uint8 ``[H,W,3]`` -> ``[1,3,H,W]`` float in [0, 1] (``ToTensor``)."""
+    return torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div(255)[None]
 
 
 def signed_tensor(pixels: np.ndarray) -> Tensor:

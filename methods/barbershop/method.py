@@ -208,8 +208,8 @@ class Barbershop(Method):
             low = rgb if p.low_size == p.size else rgb.resize((p.low_size, p.low_size), Image.Resampling.LANCZOS)
             name = annotations.of(image).image_id or key[:12]
             device = self.nets.device
-            images[key] = InputImage(key, name, signed_tensor(np.array(rgb)).to(device),
-                                     signed_tensor(np.array(low)).to(device))
+            images[key] = InputImage(key, name, signed_tensor(pixels).to(device),
+                                     signed_tensor(np.asarray(low)).to(device))
         return key
 
     def _batch_size(self) -> int:

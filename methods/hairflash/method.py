@@ -244,7 +244,7 @@ class HairFlash(Method):
         key = image_key(pixels)
         if key not in images:
             name = annotations.of(image).image_id or key[:12]
-            images[key] = InputImage(key, name, unit_tensor(rgb).to(self.device))
+            images[key] = InputImage(key, name, unit_tensor(pixels).to(self.device))
         return key
 
     # ------------------------------------------------------------ stage 1
