@@ -42,6 +42,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if args.data:
         protocol = protocol.with_data_path(Path(args.data).expanduser().resolve())
+    if args.shape_text is not None or args.color_text is not None:
+        try:
+            protocol = protocol.with_text(args.shape_text, args.color_text)
+        except protocol_mod.ProtocolError as exc:
+            raise CliError(str(exc)) from None
     if args.limit is not None and args.limit < 1:
         raise CliError("--limit must be at least 1")
     methods = tuple(m for m in args.methods.split(",") if m.strip()) if args.methods is not None else None
@@ -66,7 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.fill_weights:
         print("NOTE: filled weights (--fill-weights): outputs are a test of the code path, not a result.")
-    print(f"run: {out}  ok: {summary.ok}  failed: {summary.failed}  pending: {summary.pending}")
+    skipped = f"  skipped: {summary.skipped}" if summary.skipped else ""
+    print(f"run: {out}  ok: {summary.ok}  failed: {summary.failed}{skipped}  pending: {summary.pending}")
     if summary.pending == 0 and config.metrics:
         _print_metrics(out)
         if config.report:
@@ -150,7 +156,7 @@ def methods_listing(weights_dir: str | None = None) -> dict:
         entry = {"name": name, "plugin": cls.plugin, "description": cls.description or
                  ((cls.__doc__ or "").strip().splitlines() or [""])[0], "variants": list(cls.variants),
                  "default_variant": cls.default_variant, "requires": sorted(cls.requires),
-                 "batch_size": cls.batch_size}
+                 "batch_size": cls.batch_size, "accepts_text": sorted(cls.accepts_text)}
         try:
             method = cls()
             entry["params"] = params_dict(method.params)
@@ -174,7 +180,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         ready = "ready" if m.get("weights_ready") else "needs weights"
         if not m.get("checkpoints"):
             ready = "weight-free"
-        print(f"{m['name']:<14} [{m['plugin']}] {ready}{variants}\n    {m['description']}")
+        text = f"  text: {', '.join(m['accepts_text'])}" if m.get("accepts_text") else ""
+        print(f"{m['name']:<14} [{m['plugin']}] {ready}{variants}{text}\n    {m['description']}")
         for c in m.get("checkpoints", []):
             print(f"    - {c['filename']}: {c['state']}")
     for b in listing["broken_plugins"]:
@@ -353,6 +360,10 @@ def build_parser(with_trainers: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--weights-dir", metavar="DIR", help="directory with checkpoint files (see `harness weights`)")
     p.add_argument("--data", metavar="DIR", help="image folder for folder/triplet protocols (e.g. celebahq)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N triplets")
+    p.add_argument("--shape-text", metavar="PROMPT", help='the shape role of every triplet as text, e.g. "afro '
+                   'hairstyle" (methods without text input skip those items; see README, Text references)')
+    p.add_argument("--color-text", metavar="PROMPT", help='the color role of every triplet as text, e.g. "purple '
+                   'hair" (on synthetic data a palette colour name gets a ground truth)')
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
     p.add_argument("--set", action="append", metavar="METHOD.PARAM=VALUE",
                    help="override a method parameter (repeatable), e.g. --set hairflash.noise=buffers")

@@ -9,6 +9,7 @@ raises :class:`InputError` with a message that says why; the runner records it p
 from __future__ import annotations
 
 import re
+import shlex
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -143,19 +144,36 @@ def draw_triplets(ids: Sequence[str], n: int, seed: int,
 
 
 def read_triplet_file(path: Path, root: Path) -> tuple[list[ImageEntry], list[Triplet]]:
-    """A "face shape color" per-line file (names relative to ``root``; ``#`` comments and blank lines ignored)."""
+    """A "face shape color" per-line file (names relative to ``root``; ``#`` comments and blank lines ignored).
+
+    Fields are split as a shell does (quote names with spaces). The shape and color fields may be text
+    references, ``text:<prompt>`` (e.g. ``face.png "text:afro hairstyle" color.png``; see :mod:`harness.text`)."""
+    from harness.text import PromptError, check_prompt, prompt_of, text_id
+
     entries: dict[Path, ImageEntry] = {}
-    rows: list[tuple[Path, Path, Path]] = []
+    rows: list[tuple[Path | str, ...]] = []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
+        try:
+            parts = shlex.split(line, comments=True)
+        except ValueError as exc:
+            raise InputError(f"{path}:{lineno}: {exc}") from None
+        if not parts:
             continue
-        parts = line.split()
         if len(parts) != 3:
-            raise InputError(f"{path}:{lineno}: expected 'face shape color', got {line!r}")
-        rows.append(tuple((root / p) for p in parts))  # type: ignore[arg-type]
-    unique = list(dict.fromkeys(p for row in rows for p in row))
+            raise InputError(f"{path}:{lineno}: expected 'face shape color', got {line.strip()!r}")
+        if prompt_of(parts[0]) is not None:
+            raise InputError(f"{path}:{lineno}: the face must be an image, not a text reference")
+        row: list[Path | str] = [root / parts[0]]
+        for role, part in zip(("shape", "color"), parts[1:], strict=True):
+            prompt = prompt_of(part)
+            try:
+                row.append(root / part if prompt is None else text_id(check_prompt(prompt, role)))
+            except PromptError as exc:
+                raise InputError(f"{path}:{lineno}: {exc}") from None
+        rows.append(tuple(row))
+    unique = list(dict.fromkeys(p for row in rows for p in row if isinstance(p, Path)))
     for p, image_id in zip(unique, image_ids(unique), strict=True):
         entries[p] = ImageEntry(image_id, p)
-    triplets = [Triplet(f"t{i:04d}", *(entries[p].id for p in row)) for i, row in enumerate(rows)]
+    triplets = [Triplet(f"t{i:04d}", *(entries[p].id if isinstance(p, Path) else p for p in row))
+                for i, row in enumerate(rows)]
     return list(entries.values()), triplets

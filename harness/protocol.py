@@ -25,6 +25,9 @@ A protocol is a TOML file (``protocols/<name>.toml`` ships ``synthetic``, ``smok
     seed = 0
     [methods.barbershop] # per-method parameter overrides
     W_steps = 1100
+    [text]               # optional: give a role as text instead of an image, for every triplet
+    shape = "afro hairstyle"   # (`harness run --shape-text/--color-text` override these)
+    color = "purple hair"
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class Protocol:
     warmup: int = 1
     seed: int = 0
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shape_text: str = ""  # the shape role of every triplet as text (harness.text); "" = images
+    color_text: str = ""
     source: str = ""
 
     def task_roles(self, task: str) -> tuple[str, str, str]:
@@ -87,6 +92,17 @@ class Protocol:
 
     def with_data_path(self, path: str | Path) -> Protocol:
         return dataclasses.replace(self, dataset=dataclasses.replace(self.dataset, path=str(path)))
+
+    def with_text(self, shape: str | None = None, color: str | None = None) -> Protocol:
+        """The protocol with these text references (``None`` keeps the protocol's own; prompts are checked)."""
+        from harness.text import PromptError, check_prompt
+
+        try:
+            return dataclasses.replace(
+                self, shape_text=self.shape_text if shape is None else check_prompt(shape, "shape"),
+                color_text=self.color_text if color is None else check_prompt(color, "color"))
+        except PromptError as exc:
+            raise ProtocolError(str(exc)) from None
 
 
 def builtin_names() -> list[str]:
@@ -103,7 +119,7 @@ def _expect(table: dict, key: str, kind: type | tuple, where: str, default: Any)
 
 def parse(data: dict[str, Any], source: str = "") -> Protocol:
     """Validate a protocol table (as read from TOML)."""
-    known = {"name", "description", "dataset", "triplets", "evaluation", "runner", "methods"}
+    known = {"name", "description", "dataset", "triplets", "evaluation", "runner", "methods", "text"}
     unknown = set(data) - known
     if unknown:
         raise ProtocolError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -130,7 +146,11 @@ def parse(data: dict[str, Any], source: str = "") -> Protocol:
     for name, table in methods.items():
         if not isinstance(table, dict):
             raise ProtocolError(f"methods.{name}: expected a table of parameters")
-    return Protocol(
+    text = _expect(data, "text", dict, "protocol", {})
+    unknown_text = set(text) - {"shape", "color"}
+    if unknown_text:
+        raise ProtocolError(f"text: unknown key(s) {sorted(unknown_text)}; known: color, shape")
+    protocol = Protocol(
         name=_expect(data, "name", str, "protocol", Path(source).stem or "protocol"),
         description=_expect(data, "description", str, "protocol", ""),
         dataset=dataset,
@@ -146,6 +166,10 @@ def parse(data: dict[str, Any], source: str = "") -> Protocol:
         method_params={k: dict(v) for k, v in methods.items()},
         source=source,
     )
+    if not text:
+        return protocol
+    return protocol.with_text(*(_expect(text, role, str, "text", None) if role in text else None
+                                for role in ("shape", "color")))
 
 
 def load(name_or_path: str | Path) -> Protocol:

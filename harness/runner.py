@@ -39,9 +39,10 @@ from harness.datasets import (
     load_image,
     read_triplet_file,
 )
-from harness.method import Method, make_params, params_dict, parse_spec
+from harness.method import Method, TextPrompt, make_params, params_dict, parse_spec
 from harness.protocol import TASKS, Protocol
 from harness.store import Record, RunStore, Triplet, atomic_save_image, atomic_write_text, write_csv
+from harness.text import prompt_of, slot_refusal, text_id
 from harness.timing import recording, synchronize
 from harness.unit import UnitContext, running
 from harness.weights import WeightStore, describe_missing, sha256_file
@@ -264,7 +265,8 @@ def prepare_dataset(store: RunStore, protocol: Protocol, limit: int | None, pars
             raise RunRefused(str(exc)) from None
     if limit is not None:
         triplets = triplets[:limit]
-    used = {i for t in triplets for i in (t.face, t.shape, t.color)}
+    triplets = with_text_roles(triplets, protocol)
+    used = {i for t in triplets for i in (t.face, t.shape, t.color) if prompt_of(i) is None}
     size = protocol.dataset.size
     prepared: dict[str, PreparedImage] = {}
     rows = []
@@ -302,6 +304,14 @@ def prepare_dataset(store: RunStore, protocol: Protocol, limit: int | None, pars
     write_csv(store.path("images.csv"), ("id", "source", "sha256", "input", "labels", "error", "notes"), rows)
     store.write_triplets(triplets)
     return prepared, triplets
+
+
+def with_text_roles(triplets: Sequence[Triplet], protocol: Protocol) -> list[Triplet]:
+    """The triplets with the protocol's text references (``[text]``, ``--shape-text``/``--color-text``) in place
+    of their shape / color images."""
+    shape, color = protocol.shape_text, protocol.color_text
+    return [Triplet(t.id, t.face, text_id(shape) if shape else t.shape, text_id(color) if color else t.color)
+            for t in triplets]
 
 
 def _parse_labels(store: RunStore, prepared: dict[str, PreparedImage], parser: Callable,
@@ -350,7 +360,12 @@ def _detect_landmarks(store: RunStore, prepared: dict[str, PreparedImage]) -> No
 
 def write_ground_truth(store: RunStore, protocol: Protocol, prepared: Mapping[str, PreparedImage],
                        triplets: Sequence[Triplet]) -> None:
-    """Synthetic runs: render the true result of every task x triplet (skips existing files)."""
+    """Synthetic runs: render the true result of every task x triplet (skips existing files).
+
+    A text colour reference that names a palette colour (``"purple hair"``,
+    :func:`harness.synthetic.named_hair_color`) has a ground truth too: that colour in its palette shade (no
+    jitter, no ombre) with the face image's hair texture. A text shape reference has none (a prompt does not fix
+    a hairstyle's geometry)."""
     from harness import synthetic
 
     size = protocol.dataset.size
@@ -359,10 +374,22 @@ def write_ground_truth(store: RunStore, protocol: Protocol, prepared: Mapping[st
             path = store.ground_truth_path(task, t.id)
             if path.exists():
                 continue
-            specs = [prepared[i].synth for i in t.roles(TASKS[task])]
+            face_id, shape_id, color_id = t.roles(TASKS[task])
+            if prompt_of(face_id) is not None or prompt_of(shape_id) is not None:
+                continue
+            specs = [prepared[i].synth for i in (face_id, shape_id)]
+            prompt = prompt_of(color_id)
+            if prompt is None:
+                specs.append(prepared[color_id].synth)
             if any(s is None for s in specs):
                 continue
-            spec = synthetic.combine(*(synthetic.PortraitSpec.from_json(s) for s in specs))
+            face, shape, *color = (synthetic.PortraitSpec.from_json(s) for s in specs)
+            if prompt is not None:
+                named = synthetic.named_hair_color(prompt)
+                if named is None:
+                    continue
+                color = [dataclasses.replace(face, hair_color=named)]
+            spec = synthetic.combine(face, shape, color[0])
             image, labels = synthetic.render(spec, size)
             atomic_save_image(store.ground_truth_path(task, t.id, labels=True), Image.fromarray(labels))
             atomic_save_image(path, image, **PNG_ARGS)
@@ -480,7 +507,11 @@ class InputCache:
         self.cache = cache
         self._images: dict[str, Image.Image] = {}
 
-    def get(self, image_id: str) -> Image.Image:
+    def get(self, image_id: str) -> Image.Image | TextPrompt:
+        """The image of ``image_id`` (a copy, with its annotations), or the :class:`TextPrompt` of a ``text:`` id."""
+        prompt = prompt_of(image_id)
+        if prompt is not None:
+            return TextPrompt(prompt)
         item = self.prepared[image_id]
         if item.error:
             raise InputError(f"input {image_id}: {item.error}")
@@ -517,9 +548,24 @@ def shard_units(units: Sequence[Unit], shard: tuple[int, int]) -> list[Unit]:
 
 
 def run_method(method: Method, weights: WeightStore, units: Sequence[Unit], store: RunStore, inputs: InputCache,
-               protocol: Protocol, device, progress: bool, log: Callable[[str], None]) -> tuple[int, int]:
-    """Set up ``method``, warm it up, run its units; returns (ok, failed) counts."""
+               protocol: Protocol, device, progress: bool, log: Callable[[str], None]) -> tuple[int, int, int]:
+    """Set up ``method``, warm it up, run its units; returns (ok, failed, skipped) counts. Units the method cannot take
+    (a text reference in a role it takes images for) are recorded "skipped" first, and a method left with no unit
+    is not set up."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
+    runnable = []
+    for u in units:
+        why = slot_refusal(TASKS[u.task], u.triplet.roles(TASKS[u.task]), method.accepts_text, method.label)
+        if why is None:
+            runnable.append(u)
+        else:
+            store.append_record(Record(u.method, u.task, u.triplet.id, "skipped", why, worker=worker, finished=_now()))
+    skipped = len(units) - len(runnable)
+    if skipped:
+        log(f"{method.label}: skipped {skipped} item(s) with text references it cannot take")
+    units = runnable
+    if not units:
+        return 0, 0, skipped
     seed_everything(protocol.seed)
     t0 = time.perf_counter()
     try:
@@ -530,7 +576,7 @@ def run_method(method: Method, weights: WeightStore, units: Sequence[Unit], stor
         for u in units:
             store.append_record(Record(u.method, u.task, u.triplet.id, "failed", error, worker=worker,
                                        finished=_now()))
-        return 0, len(units)
+        return 0, len(units), skipped
     store.append_event({"event": "setup", "method": method.label, "time_s": time.perf_counter() - t0,
                         "worker": worker, "device": str(device)})
     _warm_up(method, units, inputs, protocol, store)
@@ -546,7 +592,7 @@ def run_method(method: Method, weights: WeightStore, units: Sequence[Unit], stor
         bar.update(len(chunk))
         bar.set_postfix(failed=failed, refresh=False)
     bar.close()
-    return ok, failed
+    return ok, failed, skipped
 
 
 def _now() -> str:
@@ -728,6 +774,7 @@ class RunSummary:
     run_dir: Path
     ok: int = 0
     failed: int = 0
+    skipped: int = 0  # units a method cannot take (text references), recorded "skipped"
     pending: int = 0
     skipped_methods: list[str] = field(default_factory=list)
     report: Path | None = None
@@ -779,9 +826,11 @@ def run(config: RunConfig) -> RunSummary:
         if not todo:
             log(f"{method.label}: all {len(units)} item(s) already done")
             continue
-        ok, failed = run_method(method, weights, todo, store, inputs, protocol, device, config.progress, log)
+        ok, failed, skipped_units = run_method(method, weights, todo, store, inputs, protocol, device,
+                                               config.progress, log)
         summary.ok += ok
         summary.failed += failed
+        summary.skipped += skipped_units
         method.teardown()
         _free_memory(device)
     if config.paste_back:

@@ -68,7 +68,7 @@ class Record:
     method: str
     task: str
     triplet: str
-    status: str  # "ok" | "failed"
+    status: str  # "ok" | "failed" | "skipped" (the method cannot take the unit's inputs: ``error`` says why)
     error: str | None = None
     time_s: float | None = None  # wall time of the transfer (batch time / batch size when batched)
     stages: dict[str, float] = field(default_factory=dict)
@@ -233,6 +233,6 @@ class RunStore:
         return out
 
     def done(self) -> set[tuple[str, str, str]]:
-        """Units finished with a record (ok with its output on disk, or failed)."""
+        """Units finished with a record (ok with its output on disk, failed, or skipped)."""
         return {key for key, rec in self.records().items()
-                if rec.status == "failed" or (rec.output and (self.root / rec.output).is_file())}
+                if rec.status in ("failed", "skipped") or (rec.output and (self.root / rec.output).is_file())}

@@ -48,6 +48,7 @@ import functools
 import io
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -244,6 +245,26 @@ DYED_HAIR = {
     "lilac": (0.76, 0.64, 0.92)}
 HAT_COLORS = ((0.75, 0.14, 0.14), (0.12, 0.16, 0.30), (0.20, 0.20, 0.20), (0.85, 0.80, 0.68),
               (0.30, 0.45, 0.25), (0.95, 0.72, 0.20), (0.55, 0.35, 0.20), (0.85, 0.85, 0.88))
+
+
+# Words a colour prompt may wrap a palette name in ("purple hair", "dyed light brown hair colour").
+_COLOR_PROMPT_FILLER = frozenset({"a", "an", "the", "with", "hair", "hairs", "haircolor", "haircolour", "color",
+                                  "colour", "colored", "coloured", "dyed", "tone", "toned", "shade"})
+_COLOR_ALIASES = {"blonde": "blond", "gray": "grey", "silver": "platinum", "violet": "purple", "ginger_red": "ginger"}
+
+
+def named_hair_color(prompt: str) -> HairColor | None:
+    """The synthetic palette colour a colour prompt names (``"purple hair"``, ``"light brown hair"``,
+    ``"Blonde"``), as the generator shades it (base tone without jitter, no ombre); ``None`` when the prompt names
+    no palette colour (:data:`NATURAL_HAIR`, :data:`DYED_HAIR`, or an alias such as blonde / gray)."""
+    words = [w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in _COLOR_PROMPT_FILLER]
+    name = _COLOR_ALIASES.get("_".join(words), "_".join(words))
+    dyed = name in DYED_HAIR
+    base = DYED_HAIR.get(name) or NATURAL_HAIR.get(name)
+    if base is None:
+        return None
+    shadow, highlight = _shade_family(np.asarray(base, dtype=float), dyed)
+    return HairColor(name=name, base=_rgb(base), shadow=shadow, highlight=highlight, tips=_rgb(base), ombre=0.0)
 
 
 def _r(x: float) -> float:

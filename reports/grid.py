@@ -28,6 +28,7 @@ from PIL import Image
 from harness.metrics.catalog import info
 from harness.protocol import TASKS
 from harness.store import Triplet, method_dir
+from harness.text import prompt_of
 from reports.files import save_image, write_text
 from reports.runs import Comparison, Run
 
@@ -44,10 +45,11 @@ class Picture:
 
 @dataclass
 class GridCell:
-    kind: str  # "image" | "failed" | "missing" | "input" | "blank"
+    kind: str  # "image" | "failed" | "skipped" | "missing" | "input" | "text" | "blank"
     picture: Picture | None = None
     caption: str = ""  # input cells: the image id
     error: str = ""
+    text: str = ""  # text cells: the prompt of a text reference
     metrics: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -58,6 +60,8 @@ class GridCell:
             out["c"] = self.caption
         if self.error:
             out["e"] = self.error
+        if self.text:
+            out["x"] = self.text
         if self.metrics:
             out["m"] = self.metrics
         return out
@@ -231,7 +235,10 @@ def build_grid(comp: Comparison, task: str, assets: Assets) -> GridTask:
         cells = []
         for role_name, image_id in zip(ROLE_NAMES, triplet.roles(roles), strict=True):
             rel = run.input_rel(image_id)
-            if (run.root / rel).is_file():
+            prompt = prompt_of(image_id)
+            if prompt is not None:
+                cells.append(GridCell("text", caption="text reference", text=prompt))
+            elif (run.root / rel).is_file():
                 cells.append(GridCell("input", assets.picture(run, rel, f"{role_name}: {image_id}"), image_id))
             else:
                 cells.append(GridCell("missing", caption=image_id, error="input image not found"))
@@ -266,6 +273,8 @@ def _method_cell(run: Run, method: str, task: str, triplet: str, label: str, ass
     record = run.records.get((method, task, triplet))
     metrics = run.per_item.get((method, task, triplet), {})
     metrics = {m: metrics[m] for m in sorted(metrics, key=_metric_order) if math.isfinite(metrics[m])}
+    if record is not None and record.status == "skipped":
+        return GridCell("skipped", error=f"skipped: {record.error or ''}"[:ERROR_LIMIT], metrics=metrics)
     if record is not None and record.status != "ok":
         error = (record.error or record.status or "failed")[:ERROR_LIMIT]
         return GridCell("failed", error=error, metrics=metrics)

@@ -17,6 +17,7 @@ from typing import Any
 from harness.metrics.catalog import CATALOG
 from harness.protocol import TASKS
 from harness.store import IMAGES, MANIFEST, METRICS, PER_ITEM, RECORDS, TRIPLETS, Triplet, method_dir
+from harness.text import is_text
 
 # Bounds rather than competitors: shown in italics and left out of best / second-best marking.
 REFERENCE_METHODS = frozenset({"identity", "oracle"})
@@ -114,7 +115,9 @@ class Run:
         return row.get("input") or f"inputs/{image_id}.png"
 
     def image_key(self, image_id: str) -> str:
-        """What identifies an image's content across runs (its sha256 when known)."""
+        """What identifies an image's content across runs (its sha256 when known; a text reference: its id)."""
+        if is_text(image_id):
+            return image_id
         row = self.images.get(image_id) or {}
         return row.get("sha256") or f"{self.root}:{image_id}"
 

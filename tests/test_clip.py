@@ -222,6 +222,21 @@ def test_extractor_contract(extractor, filled_model):
         torch.testing.assert_close(extractor(at_299[0]), expected[:1], rtol=1e-5, atol=1e-5)
 
 
+def test_text_scorer_contract(extractor, filled_model):
+    """The "clip_text" network of the text-reference metrics: images through the FID_CLIP extractor's steps
+    (resize to 224, /255, CLIP normalisation), prompts through tokenize + encode_text; both float32 [N, 512]."""
+    scorer = clip.FEATURE_EXTRACTORS["clip_text"]("cpu", WeightStore(fill=True))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (299, 299, 3), dtype=np.uint8) for _ in range(2)]
+    got = scorer.image_embeddings(images)
+    with torch.no_grad():
+        batch = torch.stack([torch.from_numpy(im).permute(2, 0, 1).float() for im in images])
+        torch.testing.assert_close(got, extractor(batch), rtol=1e-5, atol=1e-5)
+        texts = scorer.text_embeddings(["purple hair", "afro hairstyle"])
+        torch.testing.assert_close(texts, filled_model.encode_text(clip.tokenize(["purple hair", "afro hairstyle"])))
+    assert got.shape == texts.shape == (2, 512) and not torch.equal(texts[0], texts[1])
+
+
 def test_clean_fid_clip_resize_matches_clean_fid_clip_mode():
     from torchvision import transforms
 
@@ -274,3 +289,4 @@ def test_registered_with_the_harness():
     assert plugins.parity_adapters().get("clip_vitb32") is clip.parity_adapter
     assert any(c.key == "clip_vitb32" and c.filename == "ViT-B-32.pt" for c in plugins.extra_checkpoints())
     assert plugins.feature_extractors().get("clip_vitb32") is clip.feature_extractor
+    assert plugins.feature_extractors().get("clip_text") is clip.text_scorer

@@ -12,11 +12,12 @@ import torch
 from conftest import load_fixture, run_harness
 from PIL import Image
 
+from harness.method import TextPrompt
 from harness.parity import check
 from harness.weights import WeightStore
-from methods.hairclip.method import HairCLIP, HairCLIPParams, to_signed_tensor
+from methods.hairclip.method import HairCLIP, HairCLIPParams, to_pil, to_signed_tensor
 from methods.nets import hairclip, stylegan2, unet_parser
-from methods.nets.clip import ClipConfig, fp16_parameter_names
+from methods.nets.clip import ClipConfig, fp16_parameter_names, tokenize
 from methods.nets.hairclip import HairMapper, MapperConfig, edit, fill_recipe, load_hairclip
 
 TINY_CLIP = ClipConfig(embed_dim=512, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
@@ -177,6 +178,25 @@ def test_method_with_filled_weights(filled_method):
         assert np.array_equal(np.asarray(no_hair[0]), np.asarray(no_hair[1]))
     finally:
         bias.copy_(saved)
+
+
+def test_text_references_take_the_mapper_text_path(filled_method):
+    """A TextPrompt role is tokenised and embedded by CLIP's text tower: the result is the decoder's render of
+    ``w + 0.1 * mapper(w, text tokens)``; the prompt matters, and a text and an image role can be mixed."""
+    face, color = portrait(0), portrait(2)
+    f = filled_method
+    out = f.transfer(face, TextPrompt("afro hairstyle"), TextPrompt("purple hair"))
+    with torch.no_grad():
+        w = f.invert(face)
+        mapped = f.mapper(w, hairstyle_text=tokenize("afro hairstyle"), color_text=tokenize("purple hair"))
+        want = to_pil(f.decoder.synthesis(edit(w, mapped), noise="buffers").rgb[0])
+    want = want.resize(face.size, Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(out), np.asarray(want))
+    other = f.transfer(face, TextPrompt("buzz cut hairstyle"), TextPrompt("purple hair"))
+    assert not np.array_equal(np.asarray(out), np.asarray(other))
+    mixed = f.transfer(face, TextPrompt("afro hairstyle"), color)
+    assert not np.array_equal(np.asarray(out), np.asarray(mixed))
+    assert f.stats["texts_computed"] == 3  # afro, purple, buzz cut: each embedded once
 
 
 def test_cache_reuses_inversions_and_references(filled_method, tmp_path, monkeypatch):

@@ -31,6 +31,10 @@ CATALOG: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("lpips_rec", "LPIPS rec", False, "", "LPIPS (VGG) against the face image (task rec)", 3),
     MetricInfo("identity", "ID sim", True, "", "dlib face-descriptor similarity to the face image "
                "(1 - distance), over images where a face is detected", 3),
+    MetricInfo("clip_text_shape", "CLIP shape", True, "", "100 x CLIP ViT-B/32 cosine similarity of the result's "
+               "hair region and the shape prompt (text references)", 1),
+    MetricInfo("clip_text_color", "CLIP color", True, "", "100 x CLIP ViT-B/32 cosine similarity of the result's "
+               "hair region and the colour prompt (text references)", 1),
     MetricInfo("time_median_s", "Time s", False, "s", "median wall time per item", 3),
     MetricInfo("time_iqr_s", "Time IQR s", False, "s", "interquartile range of the time per item", 3),
     MetricInfo("peak_mem_mb", "Mem MB", False, "MB", "peak memory per item (CUDA max allocated, or process "

@@ -11,10 +11,17 @@ What is compared with what (all images at the protocol's evaluation size, see :m
   (``labels/<face>.png``) and the target hair (``ground_truth_labels/`` when present, else the result's own hair).
   A missing label map is replaced by the ``"face_parser"`` plugin network's parse when it is available.
 - ``identity``: dlib face-descriptor similarity to the face image (:mod:`harness.metrics.identity`).
+- ``clip_text_shape``, ``clip_text_color`` (items whose shape / colour reference is text, :mod:`harness.text`):
+  100 x cosine similarity of CLIP ViT-B/32 embeddings of the result's hair region (hair and headwear, black
+  elsewhere; the region from the ground-truth labels when the item has them, else the face parser's parse of the
+  result) and of the prompt. On synthetic data a colour prompt naming a palette colour also has a ground truth
+  (:func:`harness.runner.write_ground_truth`), so ``hair_color_de`` is the error against the named colour.
 - ``fid``, ``kid``, ``fid_clip``: the successful results vs the real set (every input image of the run),
   :mod:`harness.metrics.fid`.
 - ``time_median_s``, ``time_iqr_s`` (successful items), ``peak_mem_mb`` (max; MiB = 2^20 bytes, labelled MB),
-  ``failures`` (failed records plus "ok" records whose output file is missing or unreadable; n = all units).
+  ``failures`` (failed records plus "ok" records whose output file is missing or unreadable; n = all units but the
+  "skipped" ones: units a method cannot take, e.g. a text reference for an image-only method; a method x task
+  with only skipped units gets every metric "skipped" with the runner's reason).
 
 Per-item metrics are averaged over the items where they are defined; the interval is the 95% percentile bootstrap
 of that mean (``protocol.bootstrap`` resamples, a fixed seed per row).
@@ -24,7 +31,9 @@ Plugin networks (``harness.plugins.feature_extractors()``, ``factory(device, wei
 - ``"lpips_vgg"``: ``fn(x, y) -> distances [N]`` for float tensors ``[N, 3, H, W]`` in [-1, 1];
 - ``"face_parser"``: ``fn([PIL RGB image, ...]) -> [label map [H, W], ...]`` in the CelebAMask-HQ order of
   :data:`harness.annotations.LABELS` (hair = 13);
-- ``"clip_vitb32"``: clean-fid's ``custom_feat_extractor`` contract (see :class:`harness.metrics.fid.Extractor`).
+- ``"clip_vitb32"``: clean-fid's ``custom_feat_extractor`` contract (see :class:`harness.metrics.fid.Extractor`);
+- ``"clip_text"``: an object with ``image_embeddings([uint8 HxWx3, ...]) -> tensor [N, D]`` and
+  ``text_embeddings([prompt, ...]) -> tensor [N, D]`` (CLIP's joint embedding space).
 
 A network that is not registered, or whose factory raises :class:`harness.weights.MissingWeights`, makes its
 metrics "skipped" with the reason; any other error makes them "failed".
@@ -49,12 +58,15 @@ from harness.metrics.catalog import CATALOG
 from harness.metrics.fid import DistributionJob, Unavailable, dataset_hash, distribution_rows, plugin_network
 from harness.metrics.stats import bootstrap_ci, iqr, row_seed
 from harness.metrics.table import ItemValue, Row, failed, frame, one_line, skipped, write_metrics, write_per_item
-from harness.protocol import Protocol, from_dict
+from harness.protocol import TASKS, Protocol, from_dict
 from harness.store import Record, RunStore, Triplet
+from harness.text import is_text, prompt_of
 from harness.weights import WeightStore, sha256_file
 
 LPIPS_NAME = "lpips_vgg"
 PARSER_NAME = "face_parser"
+CLIP_TEXT_NAME = "clip_text"
+CLIP_TEXT = {"clip_text_shape": "shape", "clip_text_color": "color"}  # metric -> the slot whose prompt it scores
 # metrics.csv metrics computed here, in report order
 METRICS: tuple[str, ...] = tuple(name for name in CATALOG if name != "time_s")
 DISTRIBUTION = ("fid", "kid", "fid_clip")
@@ -123,6 +135,8 @@ class _RunContext:
         self.size = protocol.eval_size
         self.lpips = _Network(LPIPS_NAME, factories, weights, device)
         self.parser = _Network(PARSER_NAME, factories, weights, device)
+        self.clip_text = _Network(CLIP_TEXT_NAME, factories, weights, device)
+        self._prompt_embeddings: dict[str, Any] = {}
         self._describer: Any = None
         self._describer_why: str | None = None
         self._parsed_inputs: dict[str, np.ndarray | None] = {}
@@ -183,6 +197,24 @@ class _RunContext:
             out = out.detach().cpu().numpy()
         return float(np.asarray(out, dtype=np.float64).reshape(-1)[0]), ""
 
+    def clip_text_score(self, image: np.ndarray, region: np.ndarray, prompt: str) -> tuple[float, str]:
+        """100 x cosine between the CLIP embeddings of ``image`` inside ``region`` (black elsewhere) and
+        ``prompt``; NaN and why when the CLIP network is unavailable or the region is empty."""
+        scorer, why = self.clip_text.get()
+        if scorer is None:
+            return float("nan"), why
+        if not region.any():
+            return float("nan"), "empty hair region (bald or covered)"
+        import torch
+
+        if prompt not in self._prompt_embeddings:
+            self._prompt_embeddings[prompt] = scorer.text_embeddings([prompt])[0]
+        masked = np.where(region[..., None], image, 0).astype(np.uint8)
+        with torch.no_grad():
+            got = scorer.image_embeddings([masked])[0]
+        text = self._prompt_embeddings[prompt]
+        return float(100.0 * torch.nn.functional.cosine_similarity(got.float(), text.float(), dim=0)), ""
+
     def describer(self):
         if self._describer is None and self._describer_why is None:
             from harness.metrics.identity import FaceDescriber, IdentityUnavailable
@@ -233,9 +265,17 @@ def _evaluate_group(ctx: _RunContext, method: str, task: str, records: list[Reco
     size = ctx.size
     is_rec = task == "rec"
     has_gt = ctx.has_ground_truth(task)
+    text_slots = {slot for rec in records if rec.triplet in triplets and rec.status != "skipped"
+                  for slot, role_id in zip(("face", "shape", "color"), triplets[rec.triplet].roles(TASKS[task]),
+                                           strict=True) if is_text(role_id)}
     applicable = [m for m in metrics if m not in DISTRIBUTION and not (
         (m.endswith("_rec") and not is_rec) or (m in ("psnr_gt", "ssim_gt", "lpips_gt", "hair_color_de")
-                                                and not has_gt))]
+                                                and not has_gt) or (m in CLIP_TEXT and CLIP_TEXT[m] not in text_slots))]
+    skipped_records = [r for r in records if r.status == "skipped"]
+    records = [r for r in records if r.status != "skipped"]
+    if not records:  # the method could take none of these units (text references): say why, once per metric
+        why = Counter(r.error or "skipped by the runner" for r in skipped_records).most_common(1)[0][0]
+        return [skipped(method, task, m, why) for m in applicable], [], []
     cols = {m: _Collected() for m in applicable}
     failed_units = 0
     bad_outputs = 0
@@ -293,7 +333,8 @@ def _evaluate_group(ctx: _RunContext, method: str, task: str, records: list[Reco
         gt_labels = ctx.ground_truth_labels(task, tid) if has_gt else None
         gt_hair = None if gt_labels is None else gt_labels == HAIR
         if has_gt:
-            no_gt = "no ground-truth image for the item"
+            no_gt = ("no ground truth: the colour prompt names no synthetic palette colour"
+                     if is_text(trip.roles(TASKS[task])[2]) else "no ground-truth image for the item")
             if "psnr_gt" in cols:
                 cols["psnr_gt"].put(tid, quality.psnr(result, gt) if gt is not None else np.nan, no_gt)
             if "ssim_gt" in cols:
@@ -331,6 +372,27 @@ def _evaluate_group(ctx: _RunContext, method: str, task: str, records: list[Reco
                                                   "hair covers the whole image")
             except Exception as exc:
                 record_error("psnr_outside_hair", exc)
+
+        for metric, slot in CLIP_TEXT.items():
+            prompt = prompt_of(trip.roles(TASKS[task])[("face", "shape", "color").index(slot)])
+            if metric not in cols:
+                continue
+            if prompt is None:  # defined on the items whose reference is text only
+                continue
+            try:
+                region = gt_labels
+                if region is None:
+                    region, why = ctx.parse(result)
+                if region is None:
+                    cols[metric].put(tid, np.nan, why if why.startswith("failed: ") else
+                                     "needs the result's hair region: ground-truth labels (synthetic data, colour "
+                                     f"prompt naming a palette colour) or the 'face_parser' network ({why})")
+                    continue
+                score, why = ctx.clip_text_score(result, hair_region(region), prompt)
+                cols[metric].put(tid, score, why)
+                cols[metric].filled |= ctx.weights.fill
+            except Exception as exc:
+                record_error(metric, exc)
 
         if "identity" in cols:
             describer, why = ctx.describer()
@@ -450,7 +512,11 @@ def compute(run_dir: str | Path, weights: WeightStore | None = None, device="cpu
         group_rows, group_items, ok_paths = _evaluate_group(ctx, method, task, recs, triplets, metrics)
         rows += group_rows
         items += group_items
-        jobs.append(DistributionJob(method, task, tuple(ok_paths)))
+        if all(r.status == "skipped" for r in recs):
+            why = next(row.status for row in group_rows) if group_rows else "skipped: every unit was skipped"
+            rows += [Row(method, task, m, status=why) for m in DISTRIBUTION if m in metrics]
+        else:
+            jobs.append(DistributionJob(method, task, tuple(ok_paths)))
     if jobs and any(m in metrics for m in DISTRIBUTION):
         real_paths, real_hash = _real_set(store)
         rows += distribution_rows(jobs, real_paths, real_hash, metrics, weights,

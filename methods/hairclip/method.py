@@ -9,6 +9,11 @@ the hairstyle condition and the colour image's hair as the colour condition; ``w
 rendered by the decoder stored in ``hairclip.pt`` with its noise buffers (``randomize_noise=False``, truncation 1)
 and saved as ``save_image`` does ((x + 1) / 2, rounded); the result is resized back to the face image's size.
 
+Text references (``harness run --shape-text "afro hairstyle" --color-text "purple hair"``): a role given as a
+:class:`harness.method.TextPrompt` is tokenised with CLIP's BPE tokenizer and embedded by the mapper's CLIP text
+tower (``encode_text``), HairCLIP's ``--input_type text`` path (fixture case ``both_text``). HairCLIP was trained on
+prompts of the forms "<style> hairstyle" and "<colour> hair"; the prompt is passed as given.
+
 Weights: ``hairclip.pt`` (mapper + decoder), ``e4e_ffhq_encode.pt``, ``parsenet.pth``.
 
 Cached by content (:class:`HairCLIPParams`; in memory and on disk under ``cache_dir()/hairclip``, shared by runs,
@@ -30,12 +35,13 @@ import torch
 from PIL import Image
 
 from harness import unit
-from harness.method import Checkpoint, Method
+from harness.method import Checkpoint, Method, Reference, TextPrompt
 from harness.timing import stages
 from harness.weights import WeightStore, cache_dir
 from methods.cache import StageCache, image_key
 from methods.cache import cache_key as versioned_key
 from methods.nets import e4e, hairclip, unet_parser
+from methods.nets.clip import tokenize
 from methods.nets.e4e import E4EConfig
 from methods.ops import resized_pixels, signed_tensor, tensor_to_pil
 
@@ -72,6 +78,7 @@ class HairCLIP(Method):
     description: ClassVar[str] = ("HairCLIP (wty-ustc/HairCLIP): e4e inversion, latent mapper conditioned on CLIP "
                                   "embeddings of shape's and color's hair, StyleGAN2 1024 render; one forward pass")
     Params: ClassVar[type] = HairCLIPParams
+    accepts_text: ClassVar[frozenset[str]] = frozenset({"shape", "color"})
 
     def checkpoints(self) -> Sequence[Checkpoint]:
         return (hairclip.CHECKPOINT, e4e.CHECKPOINT, unet_parser.CHECKPOINT)
@@ -91,9 +98,10 @@ class HairCLIP(Method):
         self.identity = identity
         self.cache = StageCache(cache_dir() / "hairclip", self.params.cache_entries, enabled=self.params.cache)
         self.stats: Counter = Counter()
+        self.texts: dict[str, torch.Tensor] = {}
 
     def teardown(self) -> None:
-        for name in ("mapper", "decoder", "encoder", "parser", "cache"):
+        for name in ("mapper", "decoder", "encoder", "parser", "cache", "texts"):
             self.__dict__.pop(name, None)
 
     def _cached(self, kind: str, key: str, compute) -> torch.Tensor:
@@ -119,6 +127,20 @@ class HairCLIP(Method):
         return self._cached("reference", key, lambda: self.mapper.image_embedding(self._hair_only(pixels)))
 
     @torch.no_grad()
+    def text_embedding(self, prompt: TextPrompt) -> torch.Tensor:
+        """CLIP text embedding [1,512] of a prompt (kept in memory per prompt)."""
+        if prompt.text not in self.texts:
+            self.texts[prompt.text] = self.mapper.text_embedding(tokenize(prompt.text).to(self.device))
+            self.stats["texts_computed"] += 1
+        return self.texts[prompt.text]
+
+    def condition(self, reference: Reference) -> torch.Tensor:
+        """The mapper's condition for a shape or colour reference: its text or its hair's image embedding."""
+        if isinstance(reference, TextPrompt):
+            return self.text_embedding(reference)
+        return self.reference_embedding(reference)
+
+    @torch.no_grad()
     def invert(self, face: Image.Image) -> torch.Tensor:
         """e4e W+ [1,18,512] of the face image (cached by content)."""
         pixels = resized_pixels(face, E4E_SIZE, Image.Resampling.BILINEAR)
@@ -126,12 +148,12 @@ class HairCLIP(Method):
         return self._cached("inversion", key, lambda: self.encoder.encode(signed_tensor(pixels).to(self.device)))
 
     @torch.no_grad()
-    def transfer(self, face: Image.Image, shape: Image.Image, color: Image.Image) -> Image.Image:
+    def transfer(self, face: Image.Image, shape: Reference, color: Reference) -> Image.Image:
         before = Counter(self.stats) + Counter(self.cache.stats)
         with stages("inversion"):
             w = self.invert(face)
         with stages("mapping"):
-            out = self.mapper.map(w, self.reference_embedding(shape), self.reference_embedding(color))
+            out = self.mapper.map(w, self.condition(shape), self.condition(color))
             w_hat = hairclip.edit(w, out)
         with stages("rendering"):
             image = self.decoder.synthesis(w_hat, noise="buffers").rgb

@@ -18,7 +18,6 @@ Precision (``load_clip(..., precision=)``):
 
 from __future__ import annotations
 
-import functools
 import math
 import pickle
 import re
@@ -36,6 +35,7 @@ from torch import nn
 
 from harness.method import Checkpoint
 from harness.parity import Fixture, Op, case_op
+from harness.text import bpe_tokenizer
 from harness.weights import (
     UnsafeCheckpoint,
     filled_state_dict,
@@ -70,10 +70,10 @@ def tokenize(texts: str | list[str], context_length: int = 77) -> torch.Tensor:
     start 49406, the text's tokens (cleaned with ftfy, whitespace collapsed, lower-cased), end 49407, zeros.
 
     The tokenizer and its vocabulary (``bpe_simple_vocab_16e6.txt.gz``) come from the ``open_clip_torch``
-    package (imported here, lazily: it takes seconds). A text longer than ``context_length - 2`` tokens is refused
-    (OpenAI's default) rather than silently truncated."""
+    package (:func:`harness.text.bpe_tokenizer`, imported lazily: it takes seconds). A text longer than
+    ``context_length - 2`` tokens is refused (OpenAI's default) rather than silently truncated."""
     texts = [texts] if isinstance(texts, str) else list(texts)
-    tokenizer = _bpe_tokenizer()
+    tokenizer = bpe_tokenizer()
     rows = torch.zeros(len(texts), context_length, dtype=torch.long)
     for i, text in enumerate(texts):
         ids = [tokenizer.sot_token_id, *tokenizer.encode(text), tokenizer.eot_token_id]
@@ -83,11 +83,6 @@ def tokenize(texts: str | list[str], context_length: int = 77) -> torch.Tensor:
     return rows
 
 
-@functools.cache
-def _bpe_tokenizer() -> Any:
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return SimpleTokenizer()
 
 
 @dataclass(frozen=True)
@@ -589,7 +584,36 @@ def feature_extractor(device: str | torch.device, weights, precision: Precision 
     return ClipFeatureExtractor(load_clip(weights, device, precision), resample).to(device).eval()
 
 
-FEATURE_EXTRACTORS = {"clip_vitb32": feature_extractor}
+class ClipTextScorer:
+    """The ``"clip_text"`` network of the text-reference metrics: images and prompts in CLIP's joint space.
+
+    ``image_embeddings``: uint8 HxWx3 images -> short side to 224 (antialiased bicubic), centre crop, CLIP mean/std
+    -> ``encode_image``; ``text_embeddings``: prompts -> :func:`tokenize` -> ``encode_text``. Both float32 ``[N, D]``,
+    not normalised (the metric takes the cosine)."""
+
+    def __init__(self, model: CLIP):
+        self.model = model
+        self.device = model.positional_embedding.device
+        self.mean = torch.tensor(CLIP_MEAN, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(CLIP_STD, device=self.device).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def image_embeddings(self, images: list[np.ndarray]) -> torch.Tensor:
+        batch = torch.stack([torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1) for im in images])
+        x = resize_for_clip(batch.to(self.device, torch.float32), self.model.visual.input_resolution)
+        return self.model.encode_image((x / 255.0 - self.mean) / self.std).float()
+
+    @torch.no_grad()
+    def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(tokenize(prompts, self.model.context_length).to(self.device)).float()
+
+
+def text_scorer(device: str | torch.device, weights) -> ClipTextScorer:
+    """The ``"clip_text"`` network on ``device`` from ``ViT-B-32.pt`` (or filled weights when ``weights.fill``)."""
+    return ClipTextScorer(load_clip(weights, device))
+
+
+FEATURE_EXTRACTORS = {"clip_vitb32": feature_extractor, "clip_text": text_scorer}
 
 
 # ---------------------------------------------------------------- parity

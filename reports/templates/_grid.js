@@ -36,6 +36,8 @@
       var img = el("img"); img.loading = "lazy"; img.decoding = "async"; img.src = c.t; img.alt = c.a || "";
       img.width = GRID.thumbSize; img.height = GRID.thumbSize;
       a.appendChild(img); td.appendChild(a);
+    } else if (c.k === "t") {
+      var prompt = el("div", "prompt", "\u201c" + (c.x || "") + "\u201d"); prompt.title = c.x || ""; td.appendChild(prompt);
     } else if (c.k === "f") {
       td.className = "failed " + cls;
       var err = el("div", "err", "failed: " + (c.e || "")); err.title = c.e || ""; td.appendChild(err);
