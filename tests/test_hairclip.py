@@ -228,12 +228,20 @@ def test_cli_runs_and_refuses_without_weights(tmp_path):
                        str(tmp_path / "refused"), check=False, env={"HARNESS_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 2, proc.stderr
     assert all(name in proc.stdout + proc.stderr for name in ("hairclip.pt", "e4e_ffhq_encode.pt", "parsenet.pth"))
+    # with a shape prompt: tasks full and shape take HairCLIP's text path, color and rec its image path, and both
+    # (whose Color slot would get the shape prompt) is skipped
     out = tmp_path / "run"
-    run_harness("run", "--methods", "hairclip", "--protocol", "smoke", "--fill-weights", "--limit", "1", "--out",
-                str(out), env={"HARNESS_CACHE": str(tmp_path / "cache")}, timeout=900)
+    proc = run_harness("run", "--methods", "hairclip", "--protocol", "smoke", "--fill-weights", "--limit", "1",
+                       "--shape-text", "afro hairstyle", "--out", str(out),
+                       env={"HARNESS_CACHE": str(tmp_path / "cache")}, timeout=900)
+    assert "ok: 4  failed: 0  skipped: 1" in proc.stdout, proc.stdout
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines() if line.strip()]
-    assert len(records) == 5 and all(r["status"] == "ok" for r in records), records
+    skipped = [r for r in records if r["status"] == "skipped"]
+    assert [r["task"] for r in skipped] == ["both"] and "shape reference as the color reference" in skipped[0]["error"]
+    records = [r for r in records if r["status"] != "skipped"]
+    assert len(records) == 4 and all(r["status"] == "ok" for r in records), records
     assert all(set(r["stages"]) == {"inversion", "mapping", "rendering"} for r in records)
+    assert sum(r["extras"].get("texts_computed", 0) for r in records) == 1  # the prompt is embedded once
     # the untimed warm-up call fills no cache: the first timed unit computes; later tasks reuse
     assert records[0]["extras"]["inversions_computed"] == 1, records[0]["extras"]
     assert sum(r["extras"].get("inversions_computed", 0) for r in records) == 1
