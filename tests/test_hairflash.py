@@ -19,7 +19,7 @@ from harness.method import Checkpoint
 from harness.weights import WeightStore, filled_state_dict, load_state_dict_into
 from methods import balding
 from methods.hairflash import checkpoints as ckpts
-from methods.hairflash import encoders, iresnet, pipeline, sean, shape_adaptor
+from methods.hairflash import encoders, pipeline, sean, shape_adaptor
 from methods.hairflash.blending import (
     OFFICIAL_ARCH,
     BlendingArch,
@@ -29,14 +29,14 @@ from methods.hairflash.blending import (
 )
 from methods.hairflash.cache import StageCache, cache_key, image_key
 from methods.hairflash.encoders import ClipBlendingModel, PostProcessConfig, PostProcessModel, RotateModel
-from methods.hairflash.iresnet import EncoderConfig, FSEncoder
 from methods.hairflash.method import NETWORK_CHECKPOINTS, HairFlash
 from methods.hairflash.params import HairFlashParams
 from methods.hairflash.sean import SeanConfig, SEANGenerator
 from methods.hairflash.shape_adaptor import ShapeAdaptor, ShapeAdaptorConfig
 from methods.hairflash.variants import VARIANTS
-from methods.nets import bisenet, hairmapper, stylegan2
+from methods.nets import bisenet, hairmapper, iresnet, stylegan2
 from methods.nets.clip import ClipConfig
+from methods.nets.iresnet import EncoderConfig, FSEncoder
 
 TINY_CLIP = ClipConfig(embed_dim=32, vision_layers=1, vision_width=64, context_length=8, vocab_size=16,
                        transformer_width=32, transformer_heads=2, transformer_layers=1)
@@ -168,7 +168,12 @@ def test_variants_declare_their_own_checkpoints():
 def test_official_folder_layout_is_found(tmp_path):
     """--weights-dir may be HairFast's unpacked pretrained_models/: the method's checkpoints carry the official
     paths, and the networks' own loaders find them through OfficialLayout."""
-    for rel in ckpts.HAIRFAST_PATHS.values():
+    official_tree = ("StyleGAN/ffhq.pt", "encoder4editing/e4e_ffhq_encode.pt", "BiSeNet/face_parsing_79999_iter.pth",
+                     "FeatureStyleEncoder/143_enc.pth", "FeatureStyleEncoder/psp_ffhq_encode.pt",
+                     "Rotate/rotate_best.pth", "Blending/checkpoint.pth", "PostProcess/pp_model.pth",
+                     "PostProcess/latent_avg.pt", "ShapeAdaptor/mask_generator.pth",
+                     "sean_checkpoints/CelebA-HQ_pretrained/latest_net_G.pth")
+    for rel in official_tree:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
     store = WeightStore(weights_dir=tmp_path, env={"HARNESS_CACHE": str(tmp_path / "cache")})

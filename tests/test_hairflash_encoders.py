@@ -13,7 +13,7 @@ import torch
 
 from harness.parity import Fixture, check, compare, fill_value
 from harness.weights import WeightStore, safe_load
-from methods.hairflash import encoders, iresnet
+from methods.hairflash import encoders
 from methods.hairflash.encoders import (
     BLENDING_VARIANTS,
     BlendingConfig,
@@ -27,8 +27,9 @@ from methods.hairflash.encoders import (
     load_rotate,
     pixel_norm_rows,
 )
-from methods.hairflash.iresnet import EncoderConfig, FSEncoder, load_fse
+from methods.nets import iresnet
 from methods.nets.clip import ClipConfig
+from methods.nets.iresnet import EncoderConfig, FSEncoder, load_fse
 
 TOL = 1e-4
 FIXTURES = ("fse", "hairfast_rotate", "hairfast_blending", "hairfast_postprocess")

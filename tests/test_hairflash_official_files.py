@@ -23,14 +23,14 @@ from test_clip import official_fp16_state, script_archive
 
 from harness.parity import fill_value
 from harness.weights import WeightStore, filled_state_dict, sha256_file
-from methods.hairflash import blending, encoders, iresnet, pipeline, sean, shape_adaptor
+from methods.hairflash import blending, encoders, pipeline, sean, shape_adaptor
 from methods.hairflash import checkpoints as ckpts
 from methods.hairflash.encoders import POSTPROCESS_ENCODER_CONFIG, PostProcessConfig, PostProcessModel, RotateModel
-from methods.hairflash.iresnet import EncoderConfig, FSEncoder
 from methods.hairflash.method import NETWORK_CHECKPOINTS, HairFlash
 from methods.hairflash.params import HairFlashParams
 from methods.hairflash.variants import VARIANTS
-from methods.nets import bisenet, clip, e4e, stylegan2
+from methods.nets import bisenet, clip, e4e, iresnet, stylegan2
+from methods.nets.iresnet import EncoderConfig, FSEncoder
 
 SLOW = os.environ.get("HARNESS_SLOW_TESTS") == "1"
 NETWORKS = ("generator", "fse", "e4e", "parser", "rotate", "shape_adaptor", "sean", "blending", "postprocess")

@@ -64,10 +64,10 @@ from harness.timing import stages
 from harness.weights import WeightStore, cache_dir
 from methods.cache import StageCache, image_key
 from methods.cache import cache_key as versioned_key
-from methods.hairflash.checkpoints import OfficialLayout, official
 from methods.nets import arcface, bisenet, clip, e4e, stylegan2
 from methods.nets.bisenet import BISENET19_HAIR, FaceParser
 from methods.nets.e4e import E4EConfig
+from methods.nets.hairfast_files import OfficialLayout, official
 from methods.ops import resized_pixels, signed_tensor, tensor_to_pil
 
 E4E_SIZE = 256

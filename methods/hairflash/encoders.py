@@ -38,8 +38,11 @@ from torch import Tensor, nn
 from harness.method import Checkpoint
 from harness.parity import Fixture, fill_value, to_numpy
 from harness.weights import filled_state_dict, load_state_dict_into, safe_load
-from methods.hairflash import iresnet
-from methods.hairflash.iresnet import (
+from methods.nets import clip as clip_net
+from methods.nets import iresnet, modulation
+from methods.nets.clip import CLIP, CLIP_MEAN, CLIP_STD, ClipConfig, Precision
+from methods.nets.clip import init_scale_fill_recipe as clip_fill_recipe
+from methods.nets.iresnet import (
     POSTPROCESS_ENCODER_CONFIG,
     EncoderConfig,
     FeatureEncoder,
@@ -47,10 +50,6 @@ from methods.hairflash.iresnet import (
     config_from_state,
     latent_avg_from,
 )
-from methods.nets import clip as clip_net
-from methods.nets import modulation
-from methods.nets.clip import CLIP, CLIP_MEAN, CLIP_STD, ClipConfig, Precision
-from methods.nets.clip import init_scale_fill_recipe as clip_fill_recipe
 from methods.nets.modulation import (  # noqa: F401  (re-exported: HairFast's modules import them from here)
     DT_SCALE,
     LAYER_NORM_EPS,
@@ -72,6 +71,7 @@ ROTATE_CHECKPOINT = Checkpoint(
     filename="rotate_best.pth",
     source=f"{HF_REPO} pretrained_models/Rotate/rotate_best.pth (26.3 MB on the Hub)",
     purpose="HairFast rotate encoder (pose alignment of the shape image's W+ rows 0..5); {'model_state_dict': ...}",
+    official_path="Rotate/rotate_best.pth",
     download=("hf:AIRI-Institute/HairFastGAN/pretrained_models/Rotate/rotate_best.pth",),
 )
 BLENDING_CHECKPOINT = Checkpoint(
@@ -81,6 +81,7 @@ BLENDING_CHECKPOINT = Checkpoint(
            "checkpoint_old.pth and checkpoint_old2.pth, unused)",
     purpose="HairFast blending encoder (ClipBlendingModel) without its CLIP part; {'model_state_dict': ...}. "
             "Needs clip_vitb32 (ViT-B-32.pt) too",
+    official_path="Blending/checkpoint.pth",
     download=("hf:AIRI-Institute/HairFastGAN/pretrained_models/Blending/checkpoint.pth",),
 )
 POSTPROCESS_CHECKPOINT = Checkpoint(
@@ -88,6 +89,7 @@ POSTPROCESS_CHECKPOINT = Checkpoint(
     filename="pp_model.pth",
     source=f"{HF_REPO} pretrained_models/PostProcess/pp_model.pth (797 MB on the Hub)",
     purpose="HairFast post-processing encoder; {'model_state_dict', 'D' (training discriminator), 'cur_iter'}",
+    official_path="PostProcess/pp_model.pth",
     download=("hf:AIRI-Institute/HairFastGAN/pretrained_models/PostProcess/pp_model.pth",),
 )
 POSTPROCESS_LATENT_AVG = Checkpoint(
@@ -96,6 +98,7 @@ POSTPROCESS_LATENT_AVG = Checkpoint(
     source=f"{HF_REPO} pretrained_models/PostProcess/latent_avg.pt (2.8 kB on the Hub, i.e. about 512 float32 "
            "values: a W mean broadcast over the 18 rows)",
     purpose="average latent added to the post-processing encoder's final S",
+    official_path="PostProcess/latent_avg.pt",
     download=("hf:AIRI-Institute/HairFastGAN/pretrained_models/PostProcess/latent_avg.pt",),
 )
 CHECKPOINTS = [ROTATE_CHECKPOINT, BLENDING_CHECKPOINT, POSTPROCESS_CHECKPOINT, POSTPROCESS_LATENT_AVG]
@@ -343,7 +346,7 @@ def fill_recipe(key: str, shape: tuple[int, ...]) -> dict[str, Any]:
     """Fill of one entry of any of the three models, identical to the ``hairfast_rotate``,
     ``hairfast_blending`` and ``hairfast_postprocess`` recipes: linears ``1/sqrt(fan_in)`` with 0.01 biases,
     LayerNorm weight 1 +- 0.1 and bias 0.1, ``clip_model.*`` by :func:`clip_fill_recipe`, encoder and
-    ``to_feature`` entries by :func:`methods.hairflash.iresnet.fill_recipe` (also the extra ``latent_avg``)."""
+    ``to_feature`` entries by :func:`methods.nets.iresnet.fill_recipe` (also the extra ``latent_avg``)."""
     if key.startswith(CLIP_PREFIX):
         return clip_fill_recipe(key[len(CLIP_PREFIX):], shape)
     if modulation.is_layernorm(key):

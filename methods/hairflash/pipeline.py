@@ -41,18 +41,18 @@ from torch import Tensor
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from harness.weights import WeightStore
-from methods.hairflash import encoders, iresnet, masks, sean, shape_adaptor
+from methods.hairflash import encoders, masks, sean, shape_adaptor
 from methods.hairflash.blending import BlendingEncoder, load_blending_encoder
 from methods.hairflash.checkpoints import GENERATOR, OfficialLayout
 from methods.hairflash.encoders import POSTPROCESS_ENCODER_CONFIG, PostProcessConfig, PostProcessModel, RotateModel
-from methods.hairflash.iresnet import EncoderConfig, FSEncoder
 from methods.hairflash.params import HairFlashParams
 from methods.hairflash.sean import SEANGenerator
 from methods.hairflash.shape_adaptor import ShapeAdaptor
 from methods.hairflash.variants import Variant
-from methods.nets import bisenet, e4e, stylegan2
+from methods.nets import bisenet, e4e, iresnet, stylegan2
 from methods.nets.bisenet import BISENET19_TO_CELEBAMASKHQ, BiSeNet, imagenet_normalize, remap_labels
 from methods.nets.e4e import E4EConfig, Encoder4Editing
+from methods.nets.iresnet import EncoderConfig, FSEncoder
 from methods.nets.stylegan2 import Generator, NoiseSpec
 from methods.ops import HAIR_MASK_SIZE, bicubic_downsample, dilate_erode, hair_mask, resize_labels
 

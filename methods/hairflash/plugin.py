@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from harness.hookspecs import hookimpl
-from methods.hairflash import encoders, iresnet, sean, shape_adaptor
+from methods.hairflash import encoders, sean, shape_adaptor
 from methods.hairflash.masks import PARITY
+from methods.nets import iresnet
 
 
 @hookimpl

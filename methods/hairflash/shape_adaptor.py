@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from harness.method import Checkpoint
 from harness.parity import Fixture, Op, case_op, to_numpy
 from harness.weights import load_state_dict_into
-from methods.hairflash.iresnet import HF_REPO
+from methods.nets.iresnet import HF_REPO
 
 CHECKPOINT = Checkpoint(
     key="shape_adaptor",

@@ -4,13 +4,13 @@ HairFast's Feature-Style encoder code loads this file strictly into insightface'
 (``models/FeatureStyleEncoder/trainer.py``: ``self.Arcface = iresnet50()``, ``load_state_dict(torch.load(
 opts.arcface_model_path))`` with ``arcface_model_path='pretrained_models/FeatureStyleEncoder/backbone.pth'``;
 ``download_models.sh`` fetches it from Google Drive as the "ArcFace pretrained model"). Key layout: ``conv1``
-(3x3, no bias), ``bn1``, ``prelu``, ``layer1`` .. ``layer4`` (3/4/14/3 :class:`~methods.hairflash.iresnet.IBasicBlock`,
+(3x3, no bias), ``bn1``, ``prelu``, ``layer1`` .. ``layer4`` (3/4/14/3 :class:`~methods.nets.iresnet.IBasicBlock`,
 widths 64/128/256/512, first block of each strided with a 1x1 conv + BN ``downsample``), ``bn2``, ``fc``
 (``Linear(512 * 7 * 7, 512)`` = [512, 25088]) and ``features`` (``BatchNorm1d(512)``); all BatchNorms eps 1e-5.
 Forward: stem, stages, ``bn2``, flatten, dropout (p=0, nothing to load), ``fc``, ``features`` -> a 512-d
 embedding (not L2-normalised). Input: 112x112 RGB in [-1, 1].
 
-The trunk's blocks are HairFast's FS encoder ones (:mod:`methods.hairflash.iresnet`, the same insightface block);
+The trunk's blocks are HairFast's FS encoder ones (:mod:`methods.nets.iresnet`, the same insightface block);
 only the head differs. HairFast also ships ``ArcFace/backbone_ir50.pth`` (an IR-SE-50 ``Backbone``, the other
 ArcFace layout, for its post-processing training); that one is not this network.
 
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.method import Checkpoint
-from methods.hairflash import iresnet
-from methods.hairflash.iresnet import BN_EPS, IRESNET50_STAGES, conv3x3, make_stage
+from methods.nets import iresnet
+from methods.nets.iresnet import BN_EPS, IRESNET50_STAGES, conv3x3, make_stage
 
 HF_REPO = "https://huggingface.co/AIRI-Institute/HairFastGAN"
 GDRIVE_ID = "1coFTz-Kkgvoc_gRT8JFzqCgeC3lAFWQp"  # models/FeatureStyleEncoder/download_models.sh
@@ -101,7 +101,7 @@ def identity_crop(image: Tensor, size: int = INPUT_SIZE) -> Tensor:
 
 
 def fill_recipe(key: str, shape: tuple[int, ...]) -> dict[str, Any]:
-    """Parity fill: the trunk's entries as :func:`methods.hairflash.iresnet.fill_recipe`; the ``features``
+    """Parity fill: the trunk's entries as :func:`methods.nets.iresnet.fill_recipe`; the ``features``
     BatchNorm1d like the other BatchNorms (weight 1 +- 0.1, bias / running mean 0.1, running var 1)."""
     name = key.rsplit(".", 1)[-1]
     if key.startswith("features.") and name in ("weight", "bias"):
