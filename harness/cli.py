@@ -90,7 +90,8 @@ def _print_metrics(run_dir: Path) -> None:
         return
     df = pd.read_csv(path)
     ok = df[df["status"].str.startswith("ok")]
-    for metric in ("fid", "psnr_gt", "hair_color_de", "psnr_rec", "time_median_s", "failures"):
+    for metric in ("fid", "psnr_gt", "hair_color_de", "clip_text_shape", "clip_text_color", "psnr_rec",
+                   "time_median_s", "failures"):
         rows = ok[ok["metric"] == metric]
         if rows.empty:
             continue

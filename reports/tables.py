@@ -33,7 +33,8 @@ MAIN_METRICS = ("fid", "fid_clip", "kid", "time_median_s")
 # Metrics against the synthetic ground truth, per task variant: the first table with numbers on synthetic data.
 GROUND_TRUTH_METRICS = ("psnr_gt", "hair_color_de", "psnr_outside_hair", "lpips_gt")
 REFERENCE_METRICS = ("psnr_gt", "ssim_gt", "lpips_gt", "hair_color_de", "psnr_outside_hair", "psnr_rec",
-                     "ssim_rec", "lpips_rec", "identity", "time_median_s", "time_iqr_s", "peak_mem_mb", "failures")
+                     "ssim_rec", "lpips_rec", "identity", "clip_text_shape", "clip_text_color", "time_median_s",
+                     "time_iqr_s", "peak_mem_mb", "failures")
 
 
 @dataclass(frozen=True)

@@ -218,12 +218,13 @@ def test_cli_end_to_end_with_filled_weights(tmp_path):
     sets = [f"clip-opt.{k}={v}" for k, v in
             dict(size=32, channel_multiplier=1, parser_resolution=64, quick="true", steps=2).items()]
     run_harness("run", "--methods", "clip-opt", "--protocol", str(tmp_path / "tiny.toml"), "--fill-weights",
-                "--no-metrics", "--out", str(out), *[a for s in sets for a in ("--set", s)])
+                "--no-metrics", "--color-text", "purple hair", "--out", str(out),
+                *[a for s in sets for a in ("--set", s)])
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines() if line.strip()]
     assert [r["task"] for r in records] == ["full", "rec"] and all(r["status"] == "ok" for r in records), records
-    for r in records:
+    for r, color in zip(records, ("text", "image"), strict=True):  # full: the colour prompt; rec: the face
         extras = r["extras"]
-        assert extras["steps"] == 2 and extras["targets"] == {"shape": "image", "color": "image"}, extras
+        assert extras["steps"] == 2 and extras["targets"] == {"shape": "image", "color": color}, extras
         assert {"first_total", "last_total", "last_clip", "last_l2", "last_identity"} <= set(extras)
         assert set(r["stages"]) == {"inversion", "targets", "optimisation", "rendering"}
         with Image.open(out / r["output"]) as image:
