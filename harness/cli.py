@@ -98,11 +98,17 @@ def _print_metrics(run_dir: Path) -> None:
         table = rows.pivot_table(index="method", columns="task", values="value", aggfunc="first")
         print(f"\n{metric}:")
         print(table.round(3).to_string())
-    skipped = df[df["status"].str.startswith("skipped")].drop_duplicates("metric")
+    skipped = df[df["status"].str.startswith("skipped")]
     if not skipped.empty:
         print()
-    for _, row in skipped.iterrows():
-        print(f"{row['metric']}: {row['status']}")
+    tasks = list(dict.fromkeys(df["task"]))
+    for status, rows in skipped.groupby("status", sort=False):  # one line per reason: which metrics, for whom
+        metrics = ", ".join(dict.fromkeys(rows["metric"]))
+        who = []
+        for method, group in rows.groupby("method", sort=False):
+            where = list(dict.fromkeys(group["task"]))
+            who.append(method if len(where) == len(tasks) else f"{method} {'/'.join(where)}")
+        print(f"{metrics} [{', '.join(who)}]: {status}")
 
 
 def _render_report(run_dirs: list[Path], out: Path) -> Path:

@@ -99,6 +99,9 @@ def test_cli_color_text_on_synthetic_data(tmp_path):
     proc = run_harness("run", "--protocol", "smoke", "--limit", "2", "--methods", "identity,oracle,composite",
                        "--color-text", "purple hair", "--out", str(out), "--quiet")
     assert "ok: 26  failed: 0  skipped: 4  pending: 0" in proc.stdout, proc.stdout
+    # the console names each skip reason once, with the methods / tasks it concerns
+    assert "[composite full/color]: skipped: composite takes images only for the color role" in proc.stdout
+    assert "clip_text_color [identity full/color, oracle full/color]: skipped:" in proc.stdout, proc.stdout
     triplets = pd.read_csv(out / "triplets.csv")
     assert list(triplets.color) == ["text:purple hair"] * 2
     assert json.loads((out / "manifest.json").read_text())["protocol"]["color_text"] == "purple hair"

@@ -54,7 +54,8 @@ CHECKPOINT = Checkpoint(
     filename="ViT-B-32.pt",
     source="https://openaipublic.azureedge.net/clip/models/"
            "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
-    purpose="OpenAI CLIP ViT-B/32 (FID_CLIP features; HairFast blending encoder's CLIP embeddings)",
+    purpose="OpenAI CLIP ViT-B/32 (FID_CLIP features; the text-reference CLIP scores; HairFast blending encoder's CLIP "
+            "embeddings)",
     # openai/CLIP checks the file against the sha256 that is part of its URL
     sha256="40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
     download=("https://openaipublic.azureedge.net/clip/models/"
