@@ -253,12 +253,16 @@ _COLOR_PROMPT_FILLER = frozenset({"a", "an", "the", "with", "hair", "hairs", "ha
 _COLOR_ALIASES = {"blonde": "blond", "gray": "grey", "silver": "platinum", "violet": "purple", "ginger_red": "ginger"}
 
 
+def color_words(prompt: str) -> list[str]:
+    """The words of a colour prompt that name the colour: ``"Light-Brown hair colour"`` -> ``["light", "brown"]``."""
+    return [w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in _COLOR_PROMPT_FILLER]
+
+
 def named_hair_color(prompt: str) -> HairColor | None:
     """The synthetic palette colour a colour prompt names (``"purple hair"``, ``"light brown hair"``,
     ``"Blonde"``), as the generator shades it (base tone without jitter, no ombre); ``None`` when the prompt names
     no palette colour (:data:`NATURAL_HAIR`, :data:`DYED_HAIR`, or an alias such as blonde / gray)."""
-    words = [w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in _COLOR_PROMPT_FILLER]
-    name = _COLOR_ALIASES.get("_".join(words), "_".join(words))
+    name = _COLOR_ALIASES.get("_".join(color_words(prompt)), "_".join(color_words(prompt)))
     dyed = name in DYED_HAIR
     base = DYED_HAIR.get(name) or NATURAL_HAIR.get(name)
     if base is None:

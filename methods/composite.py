@@ -23,6 +23,11 @@ It works on real images as well as synthetic ones, given label maps (CelebAMask-
    blending (``cv2.seamlessClone``, its correction confined to a band at the seam so the hair keeps its new
    colour). Face's eyes, nose and mouth stay in front of the new hair (``protect_features``).
 
+A colour prompt (text reference, ``--color-text "purple hair"``) recolours to the colour it names: the synthetic
+palette's base tone (:func:`harness.synthetic.named_hair_color`), else the CSS colour of that name (matplotlib's
+``CSS4_COLORS``, e.g. "dark red hair" -> ``darkred``): the Lab mean of the hair moves to that colour, its spread is
+kept. A prompt naming no colour fails the item with the reason. Shape prompts are not taken (nothing to cut).
+
 Headwear (label ``hat``) travels with the hairstyle by default, as in the synthetic ground truth: face's is
 removed and shape's is pasted. Limits, by design of a cut-and-paste baseline: hair hidden in the shape image
 (behind the neck, under a hat) cannot appear; ears or forehead hidden under face's hair are guessed by
@@ -42,7 +47,7 @@ from PIL import Image
 import harness
 from harness import annotations
 from harness.annotations import HAIR, HAT, LABELS
-from harness.method import Method
+from harness.method import Method, Reference, TextPrompt
 from harness.timing import stages
 
 REFERENCE_SIDE = 1024  # pixel lengths in CompositeParams are given at this image side
@@ -443,13 +448,38 @@ def _require_labels(image: Image.Image, role: str) -> annotations.Annotations:
     return found
 
 
-def composite(face: Image.Image, shape: Image.Image, color: Image.Image,
+def named_color(prompt: str) -> np.ndarray:
+    """Float RGB [3] in [0, 1] of the colour a prompt names (synthetic palette first, then CSS colour names);
+    ``ValueError`` when it names none."""
+    from matplotlib.colors import CSS4_COLORS, to_rgb
+
+    from harness import synthetic
+
+    palette = synthetic.named_hair_color(prompt)
+    if palette is not None:
+        return np.asarray(palette.base, np.float32)
+    css = "".join(synthetic.color_words(prompt)).replace("grey", "gray")
+    if css in CSS4_COLORS:
+        return np.asarray(to_rgb(CSS4_COLORS[css]), np.float32)
+    raise ValueError(f"composite: the colour prompt {prompt!r} names no known colour (a synthetic palette name: "
+                     f"{', '.join(sorted(synthetic.NATURAL_HAIR | synthetic.DYED_HAIR))}; or a CSS colour name)")
+
+
+def prompt_reference(source: np.ndarray, color: np.ndarray) -> np.ndarray:
+    """Reference hair pixels for a named colour: ``source`` (float RGB [N, 3]) with its Lab mean moved to
+    ``color``'s Lab, its spread kept, so a statistics transfer shifts the mean only."""
+    lab = rgb_to_lab(source)
+    return lab_to_rgb(lab - lab.mean(0) + rgb_to_lab(color[None])[0])
+
+
+def composite(face: Image.Image, shape: Image.Image, color: Reference,
               params: CompositeParams = CompositeParams()) -> Image.Image:
     """The composite baseline on one triplet (see the module docstring); returns an RGB image of face's size."""
     face_ann = _require_labels(face, "face")
     shape_ann = _require_labels(shape, "shape")
-    color_ann = _require_labels(color, "color")
-    face_rgb, shape_rgb, color_rgb = to_float(face), to_float(shape), to_float(color)
+    prompt_color = named_color(color.text) if isinstance(color, TextPrompt) else None
+    color_ann = None if prompt_color is not None else _require_labels(color, "color")
+    face_rgb, shape_rgb = to_float(face), to_float(shape)
     h, w = face_rgb.shape[:2]
     px = w / REFERENCE_SIDE
 
@@ -469,10 +499,13 @@ def composite(face: Image.Image, shape: Image.Image, color: Image.Image,
         new_hair = new_style & (warped_labels != HAT)
 
     with stages("recolor"):
-        color_hair = color_ann.labels == HAIR
         # Statistics of shape's hair in its own frame (no resampling blur); applied to the warped hair pixels.
         source_pixels = shape_rgb[_shrink(shape_hair, params.stats_erode_px * px)]
-        reference_pixels = color_rgb[_shrink(color_hair, params.stats_erode_px * px)]
+        if prompt_color is not None:
+            reference_pixels = prompt_reference(source_pixels, prompt_color) if len(source_pixels) else source_pixels
+        else:
+            color_hair = color_ann.labels == HAIR
+            reference_pixels = to_float(color)[_shrink(color_hair, params.stats_erode_px * px)]
         hair_layer = warped_rgb.copy()
         if params.recolor != "none" and len(source_pixels) and len(reference_pixels) and new_hair.any():
             hair_layer[new_hair] = COLOR_TRANSFERS[params.recolor](source_pixels, reference_pixels,
@@ -520,8 +553,9 @@ class Composite(Method):
                                   "it to color's hair, inpaint face's old hair, feather/Poisson blend")
     Params: ClassVar[type] = CompositeParams
     requires: ClassVar[frozenset[str]] = frozenset({"labels"})
+    accepts_text: ClassVar[frozenset[str]] = frozenset({"color"})
 
-    def transfer(self, face: Image.Image, shape: Image.Image, color: Image.Image) -> Image.Image:
+    def transfer(self, face: Image.Image, shape: Image.Image, color: Reference) -> Image.Image:
         return composite(face, shape, color, self.params)
 
 

@@ -73,6 +73,15 @@ def test_triplet_file_text_columns(tmp_path):
         read_triplet_file(tfile, tmp_path)
 
 
+def test_composite_named_colors():
+    from methods.composite import named_color
+
+    assert np.allclose(named_color("purple hair"), synthetic.DYED_HAIR["purple"])  # the palette first
+    assert np.allclose(named_color("dark red hair"), (139 / 255, 0, 0))  # then CSS names
+    with pytest.raises(ValueError, match="names no known colour"):
+        named_color("rainbow hair")
+
+
 def test_named_hair_colors():
     assert synthetic.named_hair_color("purple hair").base == synthetic.DYED_HAIR["purple"]
     assert synthetic.named_hair_color("Light-Brown hair colour").name == "light_brown"
@@ -94,24 +103,24 @@ def _metric(df: pd.DataFrame, method: str, task: str, metric: str) -> pd.Series:
 
 def test_cli_color_text_on_synthetic_data(tmp_path):
     """--color-text with a palette colour: the oracle renders the ground truth (hair dE00 0), identity is the lower
-    bound, an image-only method is skipped per unit with the reason (and only where the prompt is used)."""
+    bound, composite recolours to the named colour, an image-only method (cyclegan) is skipped per unit with the
+    reason (and only where the prompt is used)."""
     out = tmp_path / "run"
-    proc = run_harness("run", "--protocol", "smoke", "--limit", "2", "--methods", "identity,oracle,composite",
+    proc = run_harness("run", "--protocol", "smoke", "--limit", "2", "--methods", "identity,oracle,composite,cyclegan",
                        "--color-text", "purple hair", "--out", str(out), "--quiet")
-    assert "ok: 26  failed: 0  skipped: 4  pending: 0" in proc.stdout, proc.stdout
+    assert "skipped: 4  pending: 0" in proc.stdout, proc.stdout
     # the console names each skip reason once, with the methods / tasks it concerns
-    assert "[composite full/color]: skipped: composite takes images only for the color role" in proc.stdout
-    assert "clip_text_color [identity full/color, oracle full/color]: skipped:" in proc.stdout, proc.stdout
+    assert "[cyclegan full/color]: skipped: cyclegan takes images only for the color role" in proc.stdout
+    assert "clip_text_color [composite full/color, identity full/color, oracle full/color]: skipped:" in proc.stdout
     triplets = pd.read_csv(out / "triplets.csv")
     assert list(triplets.color) == ["text:purple hair"] * 2
     assert json.loads((out / "manifest.json").read_text())["protocol"]["color_text"] == "purple hair"
     records = _records(out)
     for task in ("full", "color"):  # the tasks whose Color slot holds the prompt
         for tid in ("t0000", "t0001"):
-            rec = records[("composite", task, tid)]
-            assert rec["status"] == "skipped" and "composite takes images only for the color role" in rec["error"]
-    assert all(r["status"] == "ok" for k, r in records.items() if k[0] != "composite" or k[1] not in
-               ("full", "color"))
+            rec = records[("cyclegan", task, tid)]
+            assert rec["status"] == "skipped" and "cyclegan takes images only for the color role" in rec["error"]
+    assert all(r["status"] == "ok" for k, r in records.items() if k[0] != "cyclegan")
     # ground truth of the colour task: the face with purple hair of its own texture = the oracle's output
     gt = np.asarray(Image.open(out / "ground_truth" / "color" / "t0000.png"))
     assert np.array_equal(np.asarray(Image.open(out / records[("oracle", "color", "t0000")]["output"])), gt)
@@ -119,16 +128,17 @@ def test_cli_color_text_on_synthetic_data(tmp_path):
     assert not np.array_equal(gt, face)
     df = pd.read_csv(out / "metrics.csv")
     assert _metric(df, "oracle", "color", "hair_color_de").value == pytest.approx(0, abs=1e-6)
-    assert _metric(df, "identity", "color", "hair_color_de").value > 5
-    skipped = _metric(df, "composite", "color", "psnr_gt")
-    assert skipped.status.startswith("skipped: composite takes images only for the color role"), skipped.status
-    assert _metric(df, "composite", "color", "fid").status == skipped.status
-    assert _metric(df, "composite", "shape", "failures").value == 0  # image tasks run as usual
+    identity_de = _metric(df, "identity", "color", "hair_color_de").value
+    assert identity_de > 20 and _metric(df, "composite", "color", "hair_color_de").value < identity_de / 3
+    skipped = _metric(df, "cyclegan", "color", "psnr_gt")
+    assert skipped.status.startswith("skipped: cyclegan takes images only for the color role"), skipped.status
+    assert _metric(df, "cyclegan", "color", "fid").status == skipped.status
+    assert _metric(df, "cyclegan", "rec", "failures").status.startswith("ok")  # image tasks run as usual
     clip = _metric(df, "oracle", "color", "clip_text_color")
     assert clip.status.startswith("skipped") and "ViT-B-32.pt" in clip.status, clip.status
     assert "clip_text_shape" not in set(df.metric)  # no shape prompt in this run
     grid = (out / "report" / "grid-color-1.html").read_text()
-    assert "&ldquo;purple hair&rdquo;" in grid and "skipped: composite takes images only" in grid
+    assert "&ldquo;purple hair&rdquo;" in grid and "skipped: cyclegan takes images only" in grid
 
 
 def test_cli_triplet_file_with_text_and_filled_clip(tmp_path):
