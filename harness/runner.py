@@ -42,7 +42,7 @@ from harness.datasets import (
 from harness.method import Method, TextPrompt, make_params, params_dict, parse_spec
 from harness.protocol import TASKS, Protocol
 from harness.store import Record, RunStore, Triplet, atomic_save_image, atomic_write_text, write_csv
-from harness.text import prompt_of, slot_refusal, text_id
+from harness.text import is_text, prompt_of, slot_refusal, text_id
 from harness.timing import recording, synchronize
 from harness.unit import UnitContext, running
 from harness.weights import WeightStore, describe_missing, sha256_file
@@ -375,21 +375,15 @@ def write_ground_truth(store: RunStore, protocol: Protocol, prepared: Mapping[st
             if path.exists():
                 continue
             face_id, shape_id, color_id = t.roles(TASKS[task])
-            if prompt_of(face_id) is not None or prompt_of(shape_id) is not None:
-                continue
-            specs = [prepared[i].synth for i in (face_id, shape_id)]
             prompt = prompt_of(color_id)
-            if prompt is None:
-                specs.append(prepared[color_id].synth)
+            named = synthetic.named_hair_color(prompt) if prompt is not None else None
+            if is_text(face_id) or is_text(shape_id) or (prompt is not None and named is None):
+                continue
+            specs = [prepared[i].synth for i in (face_id, shape_id) + (() if prompt else (color_id,))]
             if any(s is None for s in specs):
                 continue
             face, shape, *color = (synthetic.PortraitSpec.from_json(s) for s in specs)
-            if prompt is not None:
-                named = synthetic.named_hair_color(prompt)
-                if named is None:
-                    continue
-                color = [dataclasses.replace(face, hair_color=named)]
-            spec = synthetic.combine(face, shape, color[0])
+            spec = synthetic.combine(face, shape, color[0] if color else dataclasses.replace(face, hair_color=named))
             image, labels = synthetic.render(spec, size)
             atomic_save_image(store.ground_truth_path(task, t.id, labels=True), Image.fromarray(labels))
             atomic_save_image(path, image, **PNG_ARGS)

@@ -262,7 +262,8 @@ def named_hair_color(prompt: str) -> HairColor | None:
     """The synthetic palette colour a colour prompt names (``"purple hair"``, ``"light brown hair"``,
     ``"Blonde"``), as the generator shades it (base tone without jitter, no ombre); ``None`` when the prompt names
     no palette colour (:data:`NATURAL_HAIR`, :data:`DYED_HAIR`, or an alias such as blonde / gray)."""
-    name = _COLOR_ALIASES.get("_".join(color_words(prompt)), "_".join(color_words(prompt)))
+    words = "_".join(color_words(prompt))
+    name = _COLOR_ALIASES.get(words, words)
     dyed = name in DYED_HAIR
     base = DYED_HAIR.get(name) or NATURAL_HAIR.get(name)
     if base is None:

@@ -60,7 +60,7 @@ from harness.metrics.stats import bootstrap_ci, iqr, row_seed
 from harness.metrics.table import ItemValue, Row, failed, frame, one_line, skipped, write_metrics, write_per_item
 from harness.protocol import TASKS, Protocol, from_dict
 from harness.store import Record, RunStore, Triplet
-from harness.text import is_text, prompt_of
+from harness.text import SLOTS, is_text, prompt_of
 from harness.weights import WeightStore, sha256_file
 
 LPIPS_NAME = "lpips_vgg"
@@ -266,7 +266,7 @@ def _evaluate_group(ctx: _RunContext, method: str, task: str, records: list[Reco
     is_rec = task == "rec"
     has_gt = ctx.has_ground_truth(task)
     text_slots = {slot for rec in records if rec.triplet in triplets and rec.status != "skipped"
-                  for slot, role_id in zip(("face", "shape", "color"), triplets[rec.triplet].roles(TASKS[task]),
+                  for slot, role_id in zip(SLOTS, triplets[rec.triplet].roles(TASKS[task]),
                                            strict=True) if is_text(role_id)}
     applicable = [m for m in metrics if m not in DISTRIBUTION and not (
         (m.endswith("_rec") and not is_rec) or (m in ("psnr_gt", "ssim_gt", "lpips_gt", "hair_color_de")
@@ -316,6 +316,9 @@ def _evaluate_group(ctx: _RunContext, method: str, task: str, records: list[Reco
             continue
         face = ctx.face(trip.face)
         tid = rec.triplet
+        roles = trip.roles(TASKS[task])
+        # the face parser's labels of the result (and why not), computed at most once per item
+        result_parse = functools.cache(functools.partial(ctx.parse, result))
 
         if is_rec:
             if "psnr_rec" in cols:
@@ -334,7 +337,7 @@ def _evaluate_group(ctx: _RunContext, method: str, task: str, records: list[Reco
         gt_hair = None if gt_labels is None else gt_labels == HAIR
         if has_gt:
             no_gt = ("no ground truth: the colour prompt names no synthetic palette colour"
-                     if is_text(trip.roles(TASKS[task])[2]) else "no ground-truth image for the item")
+                     if is_text(roles[2]) else "no ground-truth image for the item")
             if "psnr_gt" in cols:
                 cols["psnr_gt"].put(tid, quality.psnr(result, gt) if gt is not None else np.nan, no_gt)
             if "ssim_gt" in cols:
@@ -355,11 +358,11 @@ def _evaluate_group(ctx: _RunContext, method: str, task: str, records: list[Reco
         if "psnr_outside_hair" in cols:
             try:
                 face_hair, why, parsed_face = ctx.input_hair(trip.face)
-                target_hair, parsed_result = (None if gt_labels is None else hair_region(gt_labels)), False
+                target_hair, from_parser = (None if gt_labels is None else hair_region(gt_labels)), False
                 if target_hair is None and face_hair is not None:
-                    parsed, why = ctx.parse(result)
-                    target_hair, parsed_result = (None, False) if parsed is None else (hair_region(parsed), True)
-                if (parsed_face or parsed_result) and ctx.weights.fill:
+                    parsed, why = result_parse()
+                    target_hair, from_parser = (None, False) if parsed is None else (hair_region(parsed), True)
+                if (parsed_face or from_parser) and ctx.weights.fill:
                     cols["psnr_outside_hair"].filled = True
                 if face_hair is None or target_hair is None:
                     hint = (why if why.startswith("failed: ") else
@@ -374,15 +377,13 @@ def _evaluate_group(ctx: _RunContext, method: str, task: str, records: list[Reco
                 record_error("psnr_outside_hair", exc)
 
         for metric, slot in CLIP_TEXT.items():
-            prompt = prompt_of(trip.roles(TASKS[task])[("face", "shape", "color").index(slot)])
-            if metric not in cols:
-                continue
-            if prompt is None:  # defined on the items whose reference is text only
+            prompt = prompt_of(roles[SLOTS.index(slot)])
+            if metric not in cols or prompt is None:  # defined on the items whose reference is text only
                 continue
             try:
                 region = gt_labels
                 if region is None:
-                    region, why = ctx.parse(result)
+                    region, why = result_parse()
                 if region is None:
                     cols[metric].put(tid, np.nan, why if why.startswith("failed: ") else
                                      "needs the result's hair region: ground-truth labels (synthetic data, colour "
